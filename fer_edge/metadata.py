@@ -1,0 +1,101 @@
+"""What export/ writes into an ONNX file and the runtime reads back.
+
+Everything inference needs (labels in order, input size, colour mode,
+normalisation) plus provenance lives in the ONNX ``metadata_props`` under one
+key, ``fer_edge``, as JSON. No side files, no facts hidden in file names.
+
+Example:
+    >>> from fer_edge.metadata import ModelInfo
+    >>> from fer_edge.preprocess import PreprocessSpec
+    >>> info = ModelInfo(labels=["happy", "sad"], preprocess=PreprocessSpec(input_size=32))
+    >>> ModelInfo.from_props(info.to_props()).labels
+    ['happy', 'sad']
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+from .errors import ModelError
+from .preprocess import PreprocessSpec
+
+METADATA_KEY = "fer_edge"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ModelInfo:
+    """Facts about an exported model, stored in (and read from) the ONNX file.
+
+    Attributes:
+        labels: Class names in logit order.
+        preprocess: How to turn an image into the input tensor.
+        model_name: Architecture, e.g. ``"efficientnet_b0"``.
+        model_version: Version string of this trained model.
+        precision: ``fp32``, ``fp16`` or ``int8``.
+        input_name: Name of the graph input.
+        output: What the graph outputs; always ``"logits"`` (softmax is applied by the runtime).
+        tta: Test-time augmentation folded into the graph (``"none"`` or ``"flip"``).
+        training_data: Where the training images came from.
+        val_accuracy: Accuracy on the validation split, if measured.
+        val_macro_f1: Macro-F1 on the validation split, if measured.
+        export_date: ISO date of export.
+        exporter_version: fer-edge version that wrote the file.
+        extra: Anything else worth keeping (free-form, JSON-safe).
+    """
+
+    labels: list[str]
+    preprocess: PreprocessSpec
+    model_name: str = "efficientnet_b0"
+    model_version: str = "unversioned"
+    precision: str = "fp32"
+    input_name: str = "input"
+    output: str = "logits"
+    tta: str = "none"
+    training_data: str = ""
+    val_accuracy: float | None = None
+    val_macro_f1: float | None = None
+    export_date: str = ""
+    exporter_version: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["preprocess"] = self.preprocess.to_dict()
+        d["format_version"] = FORMAT_VERSION
+        return json.dumps(d, sort_keys=True)
+
+    def to_props(self) -> dict[str, str]:
+        """The ``metadata_props`` entries to write into the ONNX model."""
+        return {METADATA_KEY: self.to_json()}
+
+    @classmethod
+    def from_props(cls, props: Mapping[str, str], source: str = "model") -> "ModelInfo":
+        """Parse ``metadata_props`` (e.g. ONNX Runtime's ``custom_metadata_map``).
+
+        Raises:
+            ModelError: the key is missing or its content is invalid; the
+                message names ``source``.
+        """
+        raw = props.get(METADATA_KEY)
+        if raw is None:
+            raise ModelError(
+                f"{source}: no '{METADATA_KEY}' metadata; this ONNX file was not exported by "
+                "fer-edge's export/ (python -m export CHECKPOINT --out model.onnx)"
+            )
+        try:
+            d = json.loads(raw)
+            version = d.pop("format_version", None)
+            if version != FORMAT_VERSION:
+                raise ValueError(f"metadata format_version {version!r}, this runtime reads {FORMAT_VERSION}")
+            d["preprocess"] = PreprocessSpec.from_dict(d["preprocess"])
+            labels = d.get("labels")
+            if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) for x in labels):
+                raise ValueError(f"labels must be a list of at least 2 strings, got {labels!r}")
+            if len(set(labels)) != len(labels):
+                raise ValueError(f"labels are not unique: {labels}")
+            return cls(**d)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ModelError(f"{source}: invalid '{METADATA_KEY}' metadata: {exc}") from None

@@ -1,0 +1,5 @@
+"""Training pipeline for fer-edge (needs the ``train`` extra: torch, torchvision).
+
+``python -m train --help`` lists the options; :class:`train.trainer.Trainer`
+is the programmatic entry point.
+"""

@@ -1,0 +1,80 @@
+"""``python -m train``: fine-tune EfficientNet-B0 on an image-folder dataset.
+
+Example:
+    python -m train --data ../shared/data/fer2013 --out runs/b0-96 --epochs 20
+    python -m train --out runs/b0-96 --resume      # continue a killed run
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+
+from .config import HALF, IMAGENET_MEAN, IMAGENET_STD, TrainConfig, parse_classes
+from .model import POOL_CHOICES, WEIGHT_CHOICES
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = TrainConfig()
+    p = argparse.ArgumentParser(prog="python -m train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=d.data, help="root with train/<class>/ and val/<class>/")
+    p.add_argument("--out", default=d.out, help="run folder (checkpoints, metrics, plots)")
+    p.add_argument("--classes", default=",".join(d.classes),
+                   help="comma-separated FER-2013 classes, or 'all' (default %(default)s)")
+    p.add_argument("--input-size", type=int, default=d.input_size)
+    p.add_argument("--weights", default=d.weights,
+                   help=f"initial weights: one of {WEIGHT_CHOICES} or a checkpoint path")
+    p.add_argument("--pool", choices=POOL_CHOICES, default=d.pool)
+    p.add_argument("--head-hidden", type=int, default=d.head_hidden, help="0 = linear head")
+    p.add_argument("--dropout", type=float, default=d.dropout)
+    p.add_argument("--freeze-backbone", action="store_true")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    p.add_argument("--class-weighting", choices=("none", "sqrt", "balanced"), default=d.class_weighting)
+    p.add_argument("--ema-decay", type=float, default=d.ema_decay, help="0 disables")
+    p.add_argument("--patience", type=int, default=d.patience, help="early stopping; 0 disables")
+    p.add_argument("--no-tta", action="store_true", help="evaluate without flip TTA")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--deterministic", action="store_true")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device)
+    p.add_argument("--threads", type=int, default=d.threads)
+    p.add_argument("--limit-per-class", type=int, default=d.limit_per_class)
+    p.add_argument("--resume", action="store_true", help="continue <out>/last.pt")
+    return p
+
+
+def config_from_args(a: argparse.Namespace) -> TrainConfig:
+    """Map parsed flags onto :class:`TrainConfig` (normalisation follows --weights)."""
+    mean, std = (HALF, HALF) if a.weights in ("lite0", "none") else (IMAGENET_MEAN, IMAGENET_STD)
+    values = {f.name: getattr(a, f.name) for f in fields(TrainConfig) if hasattr(a, f.name)}
+    values.update(classes=parse_classes(a.classes), tta=not a.no_tta, mean=mean, std=std)
+    return TrainConfig(**values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from .checkpoint import CheckpointError
+    from .data import DataLayoutError
+    from .model import WeightsError
+    from .trainer import Trainer
+
+    try:
+        Trainer(cfg, resume=args.resume).fit()
+    except (DataLayoutError, WeightsError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Training configuration: one dataclass, saved inside every checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+FER2013_CLASSES = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
+DEFAULT_CLASSES = ("happy", "neutral", "sad")
+
+# Normalisation that matches each initialisation's pre-training.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HALF = (0.5, 0.5, 0.5)  # TF EfficientNet-Lite: (x - 127) / 128
+
+
+def parse_classes(text: str) -> list[str]:
+    """``"happy,neutral,sad"`` or ``"all"`` -> validated class list (given order kept).
+
+    Raises:
+        ValueError: unknown or repeated class names; lists the valid ones.
+    """
+    if text.strip().lower() == "all":
+        return list(FER2013_CLASSES)
+    names = [c.strip().lower() for c in text.split(",") if c.strip()]
+    unknown = [c for c in names if c not in FER2013_CLASSES]
+    if unknown:
+        raise ValueError(f"unknown classes {unknown}; choose from {list(FER2013_CLASSES)} or 'all'")
+    if len(set(names)) != len(names) or len(names) < 2:
+        raise ValueError(f"need at least 2 distinct classes, got {names}")
+    return names
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (CLI flags map 1:1 onto fields)."""
+
+    data: str = "../shared/data/fer2013"
+    out: str = "runs/train"
+    classes: list[str] = field(default_factory=lambda: list(DEFAULT_CLASSES))
+    input_size: int = 96
+    weights: str = "lite0"  # imagenet | lite0 | none | path to checkpoint
+    pool: str = "avg"
+    head_hidden: int = 0
+    dropout: float = 0.2
+    freeze_backbone: bool = False
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    class_weighting: str = "sqrt"  # none | sqrt | balanced
+    ema_decay: float = 0.999  # 0 disables the weight average
+    patience: int = 6  # early stopping on val accuracy; 0 disables
+    tta: bool = True  # evaluate with horizontal-flip test-time augmentation
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+    limit_per_class: int = 0  # cap images per class (quick experiments, tests); 0 = all
+    mean: tuple[float, float, float] = HALF
+    std: tuple[float, float, float] = HALF
+
+    def to_dict(self) -> dict:
+        """JSON-safe dict (stored in checkpoints; read back by export/)."""
+        d = dataclasses.asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown config keys {sorted(unknown)}")
+        d = dict(d)
+        for k in ("mean", "std"):
+            if k in d:
+                d[k] = tuple(d[k])
+        return cls(**d)

