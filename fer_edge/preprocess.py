@@ -255,9 +255,25 @@ def normalize(gray: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     return ((x[..., None, :, :] - mean) / std).astype(np.float32)
 
 
+def checked_gray(img: Image.Image, size: int, name: str = "<image>") -> np.ndarray:
+    """:func:`resize_gray`, raising :class:`ImageError` naming ``name`` on failure.
+
+    Pillow cannot convert every mode it can decode (e.g. some LAB or
+    multi-band TIFFs); that is a property of the input, so it is an ImageError.
+
+    Example:
+        >>> checked_gray(Image.new("CMYK", (5, 3)), 4).shape
+        (4, 4)
+    """
+    try:
+        return resize_gray(img, size)
+    except (ValueError, OSError, TypeError, KeyError, MemoryError) as exc:
+        raise ImageError(f"{name}: cannot convert {img.mode} image to grayscale ({exc})") from None
+
+
 def preprocess_gray(source: ImageInput, size: int) -> np.ndarray:
     """Load any supported input and return its uint8 (size, size) grayscale."""
-    return resize_gray(load_image(source), size)
+    return checked_gray(load_image(source), size, _describe(source))
 
 
 def preprocess(source: ImageInput, spec: PreprocessSpec) -> np.ndarray:

@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device)
     p.add_argument("--threads", type=int, default=d.threads)
     p.add_argument("--limit-per-class", type=int, default=d.limit_per_class)
-    p.add_argument("--resume", action="store_true", help="continue <out>/last.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue <out>/last.pt (with --epochs: re-plan the schedule to that length)")
     return p
 
 
@@ -69,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     from .trainer import Trainer
 
     try:
-        Trainer(cfg, resume=args.resume).fit()
-    except (DataLayoutError, WeightsError, CheckpointError) as exc:
+        epochs_given = any(a == "--epochs" or a.startswith("--epochs=") for a in (argv or sys.argv[1:]))
+        Trainer(cfg, resume=args.resume, epochs=args.epochs if args.resume and epochs_given else None).fit()
+    except (DataLayoutError, WeightsError, CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -7,6 +7,7 @@ import json
 import random
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -115,14 +116,29 @@ def _progress(iterable, total: int, desc: str):
 class Trainer:
     """Holds data, model, optimiser and state for one run (fresh or resumed)."""
 
-    def __init__(self, cfg: TrainConfig, resume: bool = False) -> None:
+    def __init__(self, cfg: TrainConfig, resume: bool = False, epochs: int | None = None) -> None:
+        """Set up a fresh run from ``cfg``, or continue ``cfg.out``/last.pt.
+
+        Args:
+            cfg: Run configuration (ignored when resuming, except ``out``).
+            resume: Continue the run saved in ``<cfg.out>/last.pt``.
+            epochs: When resuming, a new total number of epochs: the one-cycle
+                schedule is re-planned from the current step to the new end.
+        """
         self.out = Path(cfg.out)
         self.last_path = self.out / "last.pt"
         self.best_path = self.out / "best.pt"
         state = None
         if resume:
             state = checkpoint.load(self.last_path)
+            saved_out = cfg.out
             cfg = TrainConfig.from_dict(state["config"])
+            cfg.out = saved_out  # the folder may have been moved since
+            if epochs is not None and epochs != cfg.epochs:
+                if epochs <= int(state["epoch"]):
+                    raise ValueError(f"--epochs {epochs} must exceed the {state['epoch']} epochs already run")
+                _log(f"re-planning schedule: {cfg.epochs} -> {epochs} epochs")
+                cfg.epochs = epochs
             _log(f"resuming {self.last_path} after epoch {state['epoch']}")
         self.cfg = cfg
         self.spec = spec_of(cfg)
@@ -175,11 +191,21 @@ class Trainer:
     def _restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        done = int(state["epoch"]) * self.steps_per_epoch
+        if state["scheduler"]["total_steps"] == self.scheduler.total_steps:
+            self.scheduler.load_state_dict(state["scheduler"])
+        else:
+            # New length: jump the freshly planned schedule to the current step.
+            self.scheduler.last_epoch = done - 1
+            with warnings.catch_warnings():  # "step() before optimizer.step()": intended here
+                warnings.simplefilter("ignore", UserWarning)
+                self.scheduler.step()
         if self.ema is not None and state.get("ema") is not None:
             self.ema.module.load_state_dict(state["ema"])
             self.ema.updates = int(state["ema_updates"])
         self.gen.set_state(state["generator"])
+        if state.get("torch_rng") is not None:
+            torch.set_rng_state(state["torch_rng"])  # dropout draws from the global RNG
         self.epoch = int(state["epoch"])
         self.history = list(state["history"])
         self.best_acc = float(state["best_acc"])
@@ -199,6 +225,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "generator": self.gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
             "history": self.history,
             "best_acc": self.best_acc,
             "stale": self.stale,

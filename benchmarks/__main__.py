@@ -1,0 +1,65 @@
+"""``python -m benchmarks``: PyTorch eager vs ONNX Runtime (fp32, fp16, int8) on CPU.
+
+Measures latency (batch 1/8/32), accuracy and macro-F1 on val, agreement with
+PyTorch, file size, peak memory, and `fer-edge classify` cold start and folder
+throughput; prints a table with PASS/MISS for the project's targets and writes
+<out>/benchmark.json and <out>/benchmark.png.
+
+Examples:
+    python -m benchmarks --data ../shared/data/fer2013 --checkpoint runs/b0-96/best.pt \\
+        --model model.onnx model-int8.onnx --out runs/benchmark
+    python -m benchmarks --data ../shared/data/fer2013 --checkpoint runs/b0-96/best.pt --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .config import BATCH_SIZES, BenchConfig
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = BenchConfig(data=Path())
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, required=True, help="image-folder root with val/<class>/")
+    p.add_argument("--model", type=Path, nargs="*", default=[], help="exported ONNX files of one model")
+    p.add_argument("--checkpoint", type=Path, default=None, help="its checkpoint (PyTorch eager baseline)")
+    p.add_argument("--out", type=Path, default=d.out, help="output folder (default %(default)s)")
+    p.add_argument("--quick", action="store_true", help="few iterations and 20 images: a smoke test")
+    p.add_argument("--limit", type=int, default=0, help="val images to use (0 = all; --quick: 20)")
+    p.add_argument("--batches", type=int, nargs="+", default=list(BATCH_SIZES))
+    p.add_argument("--threads", type=int, default=0, help="threads for PyTorch and ORT alike (0 = all cores)")
+    p.add_argument("--min-seconds", type=float, default=d.min_seconds, help="timing per runtime and batch")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    from train.checkpoint import CheckpointError
+    from train.data import DataLayoutError
+
+    from fer_edge.errors import ModelError
+
+    from .report import summary
+    from .run import run_benchmarks
+
+    cfg = BenchConfig(data=a.data, models=list(a.model), checkpoint=a.checkpoint, out=a.out,
+                      quick=a.quick, limit=a.limit, batches=tuple(a.batches), threads=a.threads,
+                      min_seconds=0.0 if a.quick else a.min_seconds)
+    try:
+        report = run_benchmarks(cfg)
+    except (ValueError, CheckpointError, DataLayoutError, ModelError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(summary(report))
+    print(f"\nwrote {Path(cfg.out) / 'benchmark.json'} and {Path(cfg.out) / 'benchmark.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""Run every benchmark for one trained model and collect a :class:`BenchReport`."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import math
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from export.evaluate import LabelledImages, default_threads, load_labelled, score, stratified_sample
+from train.data import list_split
+
+from .cli_timing import CliTiming, child_env, cli_unavailable_reason, time_cli
+from .config import BenchConfig
+from .latency import measure
+from .report import (BenchReport, RuntimeResult, chart, target_ort_vs_torch, target_preprocess,
+                     target_variant)
+from .runtimes import Runtime, onnx_runtime, predict_all, torch_runtime
+
+log = logging.getLogger("benchmarks")
+_VERSIONED = ("torch", "torchvision", "onnxruntime", "onnx", "onnxsim", "numpy", "PIL", "fer_edge")
+
+
+def cpu_model() -> str:
+    """CPU model name from /proc/cpuinfo (Linux), else what ``platform`` knows."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict:
+    """CPU, cores, load and library versions: what the figures depend on."""
+    versions = {}
+    for name in _VERSIONED:
+        try:
+            versions[name] = getattr(importlib.import_module(name), "__version__", "?")
+        except ImportError:
+            versions[name] = None
+    return {
+        "cpu": cpu_model(), "logical_cores": os.cpu_count(), "usable_cores": default_threads(),
+        "platform": platform.platform(), "python": platform.python_version(),
+        "loadavg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "versions": versions,
+    }
+
+
+def ensure_fp32(cfg: BenchConfig, threads: int) -> list[Path]:
+    """The given models, plus an fp32 export of the checkpoint when none was given."""
+    models = [Path(m) for m in cfg.models]
+    has_fp32 = any(onnx_runtime(m, 1).precision == "fp32" for m in models)
+    if cfg.checkpoint is None or has_fp32 or not cfg.export_fp32:
+        return models
+    from export import ExportConfig, export_checkpoint
+
+    path = Path(cfg.out) / "models" / "fp32.onnx"
+    log.info("exporting %s to %s for the ONNX fp32 row", cfg.checkpoint, path)
+    export_checkpoint(ExportConfig(checkpoint=Path(cfg.checkpoint), out=path, force=True, threads=threads))
+    return [path, *models]
+
+
+def load_runtimes(cfg: BenchConfig, models: list[Path], threads: int, notes: list[str]) -> list[Runtime]:
+    """PyTorch (when a checkpoint is given) first, then one runtime per ONNX file.
+
+    Raises:
+        ValueError: the ONNX files disagree on labels or preprocessing (not one model).
+    """
+    onnx_rts = [onnx_runtime(m, threads) for m in models]
+    if onnx_rts:
+        ref = next((r for r in onnx_rts if r.precision == "fp32"), onnx_rts[0])
+        for r in onnx_rts:
+            if r.info.labels != ref.info.labels or r.info.preprocess != ref.info.preprocess:
+                raise ValueError(f"{r.path} and {ref.path} are not the same model: labels "
+                                 f"{r.info.labels} vs {ref.info.labels}, preprocessing "
+                                 f"{r.info.preprocess} vs {ref.info.preprocess}")
+    if len({r.tta for r in onnx_rts}) > 1:
+        notes.append("the ONNX models differ in TTA (" + ", ".join(f"{r.path.name}: {r.tta}" for r in onnx_rts)
+                     + "): a +flip model does two forward passes per image")
+    runtimes: list[Runtime] = []
+    if cfg.checkpoint is not None:
+        tta = onnx_rts[0].tta if onnx_rts else "none"
+        runtimes.append(torch_runtime(Path(cfg.checkpoint), tta, threads))
+        _check_provenance(Path(cfg.checkpoint), onnx_rts, notes)
+    return runtimes + onnx_rts
+
+
+def _check_provenance(checkpoint: Path, onnx_rts: list[Runtime], notes: list[str]) -> None:
+    from export.onnx_export import _sha256
+
+    sha = _sha256(checkpoint)
+    for r in onnx_rts:
+        stored = r.info.extra.get("checkpoint_sha256")
+        if stored and stored != sha:
+            notes.append(f"{r.path} was exported from a different checkpoint than {checkpoint} "
+                         "(sha256 differs): comparisons with PyTorch are not like for like")
+
+
+def load_val(cfg: BenchConfig, runtimes: list[Runtime]) -> LabelledImages:
+    """The val images of the model's classes, preprocessed by fer_edge (capped by ``limit``)."""
+    first = next((r for r in runtimes if r.info is not None), None)
+    if first is not None:
+        labels, spec = first.info.labels, first.info.preprocess
+    else:
+        from export.onnx_export import load_checkpoint_model
+
+        loaded = load_checkpoint_model(Path(cfg.checkpoint))
+        labels, spec = loaded.classes, loaded.spec
+    per_class = math.ceil(cfg.limit / len(labels)) if cfg.limit else 0
+    val = load_labelled(Path(cfg.data), "val", labels, spec, per_class)
+    if cfg.limit and len(val) > cfg.limit:
+        val = val.subset(np.sort(stratified_sample(val.labels, cfg.limit, seed=0)))
+    return val
+
+
+def probe_memory(rt: Runtime, input_size: int, batch: int, threads: int, iters: int) -> dict:
+    """Peak RSS of a fresh process that loads ``rt`` and runs ``iters`` batches."""
+    cmd = [sys.executable, "-m", "benchmarks.probe", rt.kind, str(rt.path), "--input-size", str(input_size),
+           "--tta", rt.tta, "--batch", str(batch), "--threads", str(threads), "--iters", str(iters)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
+    if proc.returncode != 0:
+        return {"error": f"probe exited {proc.returncode}: {proc.stderr.strip()[-300:]}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def measure_runtime(rt: Runtime, val: LabelledImages, cfg: BenchConfig,
+                    torch_top1: np.ndarray | None) -> tuple[RuntimeResult, np.ndarray]:
+    """Latency at every batch size and accuracy on val for one runtime."""
+    log.info("measuring %s", rt.name)
+    latency = [measure(rt, val.inputs, b, cfg) for b in cfg.batches]
+    logits = predict_all(rt, val.inputs)
+    top1 = logits.argmax(1)
+    agreement = float((top1 == torch_top1).mean()) if torch_top1 is not None else None
+    result = RuntimeResult(
+        name=rt.name, kind=rt.kind, precision=rt.precision, tta=rt.tta, path=str(rt.path),
+        size_mb=rt.size_bytes / 1e6, threads=rt.threads, latency=latency,
+        accuracy=score(logits, val.labels, val.classes), top1_agreement_vs_torch=agreement,
+    )
+    return result, top1
+
+
+def time_cli_runs(cfg: BenchConfig, runtimes: list[Runtime], val: LabelledImages, threads: int,
+                  notes: list[str]) -> list[CliTiming]:
+    """Cold start and folder run of ``fer-edge classify`` per ONNX model (first one only in quick mode)."""
+    reason = cli_unavailable_reason()
+    onnx_rts = [r for r in runtimes if r.kind == "onnx"]
+    if reason or not onnx_rts:
+        notes.append(f"fer-edge classify not timed: {reason or 'no ONNX model'}")
+        return []
+    files = [Path(p) for p in val.paths]
+    labels = onnx_rts[0].info.labels
+    if cfg.limit:
+        folder_inputs = files
+    else:
+        folder_inputs = [Path(cfg.data) / "val" / c for c in labels]
+        files = [p for p, _ in list_split(Path(cfg.data), "val", labels)]
+    timings = []
+    for rt in onnx_rts[:1] if cfg.quick else onnx_rts:
+        log.info("timing fer-edge classify with %s", rt.path)
+        try:
+            timings.append(time_cli(rt.path, files[0], folder_inputs, len(files), files,
+                                    rt.info.preprocess, threads, cfg.cold_start_runs))
+        except RuntimeError as exc:
+            notes.append(f"fer-edge classify failed with {rt.path}: {exc}")
+    return timings
+
+
+def run_benchmarks(cfg: BenchConfig) -> BenchReport:
+    """Measure everything, write ``benchmark.json`` and ``benchmark.png`` into ``cfg.out``.
+
+    Raises:
+        ValueError: bad settings or models that are not one trained model.
+        train.data.DataLayoutError: ``cfg.data`` lacks ``val/<class>/``.
+    """
+    cfg.validate()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    threads = cfg.threads or default_threads()
+    machine, notes = machine_info(), []
+    runtimes = load_runtimes(cfg, ensure_fp32(cfg, threads), threads, notes)
+    val = load_val(cfg, runtimes)
+    size = val.inputs.shape[-1]
+
+    results: list[RuntimeResult] = []
+    torch_top1 = None
+    for rt in runtimes:
+        result, top1 = measure_runtime(rt, val, cfg, torch_top1)
+        if rt.kind == "torch":
+            torch_top1 = top1
+        results.append(result)
+    base = results[0] if results[0].kind == "torch" else None
+    for r in results:
+        r.speedup_vs_torch = {s.batch: base.at(s.batch).median_ms / s.median_ms for s in r.latency} if base else {}
+    for rt, r in zip(runtimes, results):
+        r.memory = probe_memory(rt, size, max(cfg.batches), threads, 1 if cfg.quick else 3)
+
+    cli = time_cli_runs(cfg, runtimes, val, threads, notes)
+    small, big = min(cfg.batches), max(cfg.batches)
+    targets = [target_ort_vs_torch(results, small), target_variant(results, big),
+               target_preprocess(cli, next((n for n in notes if "not timed" in n), None))]
+    machine["loadavg_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    if machine["loadavg_at_start"] and max(machine["loadavg_at_start"][0], machine["loadavg_at_end"][0]) > 0.5 * machine["usable_cores"]:
+        notes.append(f"the machine was busy (load average {machine['loadavg_at_start'][0]:.1f} -> "
+                     f"{machine['loadavg_at_end'][0]:.1f} on {machine['usable_cores']} cores): "
+                     "timings are disturbed; compare them only with each other")
+    settings = {
+        "threads": threads, "batches": list(cfg.batches), "warmup": cfg.warmup,
+        "min_iters": cfg.min_iters, "min_seconds": cfg.min_seconds, "quick": cfg.quick,
+        "val_images": len(val), "classes": val.classes, "input_size": size,
+        "data": str(cfg.data), "checkpoint": str(cfg.checkpoint) if cfg.checkpoint else None,
+        "pytorch": "eager, fp32, NCHW, torch.inference_mode; size = serialized state_dict",
+        "onnxruntime": "CPUExecutionProvider, ORT_ENABLE_ALL, inter-op 1",
+        "cli": "python -m fer_edge classify --faces off --format jsonl (FER images are face crops)",
+    }
+    report = BenchReport(machine, settings, results, cli, targets, notes)
+    report.to_json(out / "benchmark.json")
+    chart(report, out / "benchmark.png")
+    return report

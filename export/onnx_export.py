@@ -1,0 +1,537 @@
+"""Checkpoint -> verified, simplified ONNX file carrying fer-edge metadata.
+
+Pipeline of :func:`export_checkpoint`:
+
+1. load the checkpoint (``weights_only=True``) and rebuild the model from its
+   own config; strip any trailing softmax (the graph outputs logits);
+2. optionally wrap it in flip test-time augmentation;
+3. export with a dynamic batch axis (TorchScript exporter, input ``input``,
+   output ``logits``), run ``onnx.checker`` and onnxsim;
+4. check parity: ONNX Runtime vs PyTorch, simplified vs unsimplified graph,
+   batch 1 vs batched; on val images when ``data`` is given, else on random ones;
+5. optionally make the fp16 or int8 variant and score it against fp32 on val;
+6. write :class:`fer_edge.metadata.ModelInfo` into the graph, re-check the
+   serialized bytes load in ONNX Runtime with readable metadata, and only then
+   write the file atomically.
+
+Any failed check raises :class:`ExportError` and writes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import logging
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+import fer_edge
+from fer_edge.metadata import ModelInfo
+from fer_edge.preprocess import PreprocessSpec
+from train import checkpoint as ckpt_io
+from train.checkpoint import CheckpointError
+from train.config import TrainConfig
+from train.model import build_model
+from train.trainer import spec_of
+
+from .evaluate import (EvalResult, LabelledImages, Parity, calibration_inputs, compare,
+                       load_labelled, make_session, random_inputs, run_session, score,
+                       stratified_sample)
+from .variants import QuantConfig, to_fp16, to_int8
+
+log = logging.getLogger("export")
+
+PRECISIONS = ("fp32", "fp16", "int8")
+TTA_MODES = ("none", "flip")
+MIN_OPSET = 17
+MODEL_NAME = "efficientnet_b0"
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+#: A reduced-precision variant losing more than this (accuracy, absolute) is flagged.
+MAX_ACCURACY_DROP = 0.01
+
+
+class ExportError(RuntimeError):
+    """An export check failed or the output cannot be written; nothing was written."""
+
+
+class OutputExistsError(ExportError, FileExistsError):
+    """``out`` exists and overwriting was not asked for."""
+
+
+@dataclass
+class ExportConfig:
+    """What to export and how.
+
+    Attributes:
+        checkpoint: fer-edge training checkpoint (``best.pt``).
+        out: ONNX file to write.
+        data: Image-folder root with ``train/<class>/`` and ``val/<class>/``;
+            enables val-image parity, val accuracy and int8 calibration.
+        precision: ``fp32``, ``fp16`` or ``int8``.
+        opset: ONNX opset (17 or newer).
+        tta: ``none`` or ``flip`` (graph averages image and mirror logits).
+        calib_images: Training images used to calibrate int8.
+        force: Overwrite an existing ``out``.
+        model_version: Stored version string; default ``<run folder>-e<epoch>``.
+        parity_images: Inputs used for the parity checks.
+        atol: Largest allowed absolute logit difference for fp32 parity.
+        val_limit_per_class: Cap on val images per class (quick runs); 0 = all.
+        threads: CPU threads for PyTorch and ONNX Runtime; 0 = all cores.
+        seed: Seed for sampling parity/calibration images and random inputs.
+        quant: int8 recipe.
+    """
+
+    checkpoint: Path
+    out: Path
+    data: Path | None = None
+    precision: str = "fp32"
+    opset: int = MIN_OPSET
+    tta: str = "none"
+    calib_images: int = 300
+    force: bool = False
+    model_version: str | None = None
+    parity_images: int = 64
+    atol: float = 1e-4
+    val_limit_per_class: int = 0
+    threads: int = 0
+    seed: int = 0
+    quant: QuantConfig = field(default_factory=QuantConfig)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` (naming valid choices) for bad settings."""
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r} is not one of {PRECISIONS}")
+        if self.tta not in TTA_MODES:
+            raise ValueError(f"tta {self.tta!r} is not one of {TTA_MODES}")
+        if self.opset < MIN_OPSET:
+            raise ValueError(f"opset {self.opset} is too old; use {MIN_OPSET} or newer")
+        if self.parity_images < 1 or self.calib_images < 1:
+            raise ValueError("parity_images and calib_images must be >= 1")
+        if self.precision == "int8" and self.data is None:
+            raise ValueError("int8 needs calibration images: pass data (--data DIR with train/<class>/)")
+        self.quant.validate()
+
+
+@dataclass
+class ExportReport:
+    """What :func:`export_checkpoint` did and measured.
+
+    Attributes:
+        out: The written file.
+        info: Metadata stored in it.
+        nodes_exported: Graph nodes straight from the exporter.
+        nodes_simplified: Graph nodes after onnxsim.
+        nodes_written: Graph nodes of the written (possibly fp16/int8) graph.
+        size_bytes: Size of the written file.
+        fp32_size_bytes: Size of the fp32 graph (for comparison with variants).
+        parity: Every parity check, fp32 ones enforced, variant ones reported.
+        val: Val metrics per precision (``fp32`` and the variant), when data was given.
+        warnings: Things the user must see (accuracy loss, missing measurements).
+    """
+
+    out: Path
+    info: ModelInfo
+    nodes_exported: int
+    nodes_simplified: int
+    nodes_written: int
+    size_bytes: int
+    fp32_size_bytes: int
+    parity: list[Parity]
+    val: dict[str, EvalResult]
+    warnings: list[str]
+
+    def summary(self) -> str:
+        """Human-readable multi-line summary."""
+        info = self.info
+        lines = [
+            f"wrote {self.out} ({self.size_bytes / 1e6:.2f} MB; fp32 graph {self.fp32_size_bytes / 1e6:.2f} MB)",
+            f"  model {info.model_name} {info.model_version}, precision {info.precision}, "
+            f"tta {info.tta}, opset {info.extra.get('opset')}, labels {info.labels}, "
+            f"input {info.preprocess.input_size}px",
+            f"  nodes: {self.nodes_exported} exported -> {self.nodes_simplified} simplified"
+            + (f" -> {self.nodes_written} {info.precision}" if info.precision != "fp32" else ""),
+        ]
+        lines += [f"  parity {'OK  ' if p.passed else 'FAIL'} {p.describe()}" for p in self.parity]
+        if self.val:
+            base = self.val.get("fp32")
+            for precision, r in self.val.items():
+                delta = ""
+                if base is not None and precision != "fp32":
+                    delta = f" ({(r.accuracy - base.accuracy) * 100:+.2f} points vs fp32)"
+                lines.append(f"  val {precision:5s} accuracy {r.accuracy:.4f} macro-F1 {r.macro_f1:.4f} "
+                             f"on {r.n} images{delta}")
+        else:
+            src = info.extra.get("val_source", "")
+            lines.append(f"  val accuracy {info.val_accuracy} macro-F1 {info.val_macro_f1} ({src})")
+        lines += [f"WARNING: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A checkpoint's model (eval mode, logits out) and the facts export needs."""
+
+    model: nn.Module
+    config: TrainConfig
+    classes: list[str]
+    spec: PreprocessSpec
+    epoch: int | None
+    val: dict | None
+    sha256: str
+
+
+class FlipTTA(nn.Module):
+    """Mean logits of each image and its horizontal mirror, in one batched pass."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        # One pass on 2N images is cheaper than two passes at batch 1.
+        y = self.model(torch.cat([x, x.flip(-1)]))
+        return (y[:n] + y[n:]) / 2
+
+
+def strip_softmax(model: nn.Module) -> int:
+    """Remove trailing Softmax/LogSoftmax modules of ``model.classifier``; return how many.
+
+    The runtime applies softmax itself and int8 calibration needs logits.
+    """
+    head = getattr(model, "classifier", None)
+    removed = 0
+    while isinstance(head, nn.Sequential) and len(head) and isinstance(head[-1], (nn.Softmax, nn.LogSoftmax)):
+        del head[len(head) - 1]
+        removed += 1
+    return removed
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_checkpoint_model(path: Path) -> LoadedCheckpoint:
+    """Rebuild the model a checkpoint describes and load its weights.
+
+    Raises:
+        CheckpointError: unreadable file, bad config, classes/preprocessing that
+            disagree with the config, or weights that do not fit the model.
+    """
+    path = Path(path)
+    ckpt = ckpt_io.load(path)
+    try:
+        cfg = TrainConfig.from_dict(ckpt["config"])
+        spec = spec_of(cfg)
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: invalid training config in checkpoint ({exc})") from exc
+    classes = list(ckpt.get("classes", cfg.classes))
+    if classes != list(cfg.classes):
+        raise CheckpointError(f"{path}: 'classes' {classes} disagrees with config classes {cfg.classes}")
+    if "preprocess" in ckpt:
+        try:
+            stored = PreprocessSpec.from_dict(ckpt["preprocess"])
+        except ValueError as exc:
+            raise CheckpointError(f"{path}: invalid 'preprocess' entry ({exc})") from exc
+        if stored != spec:
+            raise CheckpointError(f"{path}: 'preprocess' {stored} disagrees with the config's {spec}")
+    model = build_model(len(classes), cfg.pool, cfg.head_hidden, cfg.dropout)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[:4]
+        raise CheckpointError(
+            f"{path}: weights do not fit the model its config describes ({MODEL_NAME}, "
+            f"{len(classes)} classes {classes}, pool={cfg.pool}, head_hidden={cfg.head_hidden}): "
+            + " ".join(s.strip() for s in first)
+        ) from exc
+    strip_softmax(model)
+    model.eval()
+    val = ckpt.get("val") if isinstance(ckpt.get("val"), dict) else None
+    epoch = ckpt.get("epoch")
+    return LoadedCheckpoint(model, cfg, classes, spec, int(epoch) if epoch is not None else None,
+                            val, _sha256(path))
+
+
+def torch_logits(model: nn.Module, inputs: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """PyTorch eager logits for float32 inputs (N, 3, S, S)."""
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(inputs), batch_size):
+            out.append(model(torch.from_numpy(inputs[i : i + batch_size])).float().numpy())
+    return np.concatenate(out)
+
+
+def export_graph(model: nn.Module, input_size: int, opset: int, path: Path) -> onnx.ModelProto:
+    """TorchScript-exporter ONNX graph with a dynamic batch axis, checked by ``onnx.checker``.
+
+    The TorchScript exporter is used on purpose: the torch.export-based one
+    needs onnxscript, is ~10x slower here and, asked for opset 17, fails its
+    version conversion and silently emits opset 18.
+    """
+    dummy = torch.zeros(2, 3, input_size, input_size)
+    with warnings.catch_warnings():
+        # The exporter's deprecation notice is about its future, not this graph.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            model, (dummy,), str(path), dynamo=False, opset_version=opset,
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            do_constant_folding=True,
+        )
+    graph = onnx.load(str(path))
+    onnx.checker.check_model(graph, full_check=True)
+    return graph
+
+
+def simplify(graph: onnx.ModelProto) -> onnx.ModelProto:
+    """onnxsim the graph (constant folding, dead-node removal), then ``onnx.checker`` it."""
+    import onnxsim
+
+    simplified, ok = onnxsim.simplify(graph)
+    if not ok:
+        raise ExportError("onnxsim could not validate the simplified graph")
+    onnx.checker.check_model(simplified, full_check=True)
+    return simplified
+
+
+def check_graph_contract(graph: onnx.ModelProto, num_classes: int, what: str) -> None:
+    """Logits out (no Softmax), input ``input`` with a dynamic batch axis, output ``logits``.
+
+    Raises:
+        ExportError: naming the violated rule.
+    """
+    ops = {n.op_type for n in graph.graph.node}
+    if ops & {"Softmax", "LogSoftmax"}:
+        raise ExportError(f"{what}: graph contains a Softmax node; it must output logits")
+    if [i.name for i in graph.graph.input] != [INPUT_NAME] or [o.name for o in graph.graph.output] != [OUTPUT_NAME]:
+        raise ExportError(f"{what}: expected input '{INPUT_NAME}' and output '{OUTPUT_NAME}', got "
+                          f"{[i.name for i in graph.graph.input]} -> {[o.name for o in graph.graph.output]}")
+    in_dims = graph.graph.input[0].type.tensor_type.shape.dim
+    out_dims = graph.graph.output[0].type.tensor_type.shape.dim
+    if in_dims[0].HasField("dim_value") or out_dims[0].HasField("dim_value"):
+        raise ExportError(f"{what}: the batch axis is fixed; it must be dynamic")
+    if out_dims[1].HasField("dim_value") and out_dims[1].dim_value != num_classes:
+        raise ExportError(f"{what}: {out_dims[1].dim_value} logits, expected {num_classes}")
+
+
+def _parity_inputs(cfg: ExportConfig, spec: PreprocessSpec, val: LabelledImages | None) -> tuple[np.ndarray, str]:
+    if val is not None:
+        idx = stratified_sample(val.labels, cfg.parity_images, cfg.seed)
+        return val.inputs[idx], "val images"
+    return random_inputs(spec, cfg.parity_images, cfg.seed), "random inputs"
+
+
+def check_fp32_parity(model: nn.Module, raw: bytes, simplified: bytes, inputs: np.ndarray,
+                      source: str, cfg: ExportConfig) -> list[Parity]:
+    """Enforced checks: ORT vs PyTorch, simplified vs unsimplified, batch 1 vs batched.
+
+    Raises:
+        ExportError: any check out of tolerance (the message lists them).
+    """
+    ref = torch_logits(model, inputs)
+    raw_out = run_session(make_session(raw, cfg.threads), inputs)
+    sim_session = make_session(simplified, cfg.threads)
+    sim_out = run_session(sim_session, inputs)
+    single = np.concatenate([run_session(sim_session, inputs[i : i + 1]) for i in range(min(8, len(inputs)))])
+    checks = [
+        compare("onnx fp32 vs pytorch", source, ref, sim_out, cfg.atol),
+        compare("simplified vs unsimplified onnx", source, raw_out, sim_out, cfg.atol),
+        compare("onnx batch 1 vs batched", source, sim_out[: len(single)], single, cfg.atol),
+    ]
+    failed = [c for c in checks if not c.passed]
+    if failed:
+        raise ExportError("parity check failed, nothing written: " + "; ".join(c.describe() for c in failed))
+    return checks
+
+
+def make_variant(simplified: onnx.ModelProto, cfg: ExportConfig, spec: PreprocessSpec,
+                 classes: list[str]) -> onnx.ModelProto:
+    """The fp16 or int8 graph derived from the simplified fp32 graph."""
+    if cfg.precision == "fp16":
+        return to_fp16(simplified)
+    assert cfg.data is not None  # validate() guarantees it for int8
+    calib = calibration_inputs(cfg.data, classes, spec, cfg.calib_images, cfg.seed)
+    log.info("int8: calibrating %s on %d training images", cfg.quant.label(), len(calib))
+    return to_int8(simplified, calib, cfg.quant, INPUT_NAME)
+
+
+def build_info(cfg: ExportConfig, loaded: LoadedCheckpoint, val: dict[str, EvalResult],
+               extra: dict) -> ModelInfo:
+    """The metadata stored in the file; val figures come from the ONNX graph when measured."""
+    ckpt_val = loaded.val or {}
+    measured = val.get(cfg.precision)
+    if measured is not None:
+        acc, f1, source = measured.accuracy, measured.macro_f1, f"onnx {cfg.precision} graph on {measured.n} val images"
+    elif cfg.precision == "fp32" and ckpt_val and bool(ckpt_val.get("tta")) == (cfg.tta == "flip"):
+        # The checkpoint's figure describes this graph only when the TTA setting matches.
+        acc, f1 = ckpt_val.get("accuracy"), ckpt_val.get("macro_f1")
+        source = f"checkpoint (pytorch, tta={ckpt_val.get('tta')}, {ckpt_val.get('n')} val images)"
+    else:
+        acc, f1, source = None, None, "not measured: export with --data DIR"
+    run = Path(cfg.checkpoint).resolve().parent.name
+    version = cfg.model_version or (f"{run}-e{loaded.epoch}" if loaded.epoch is not None else run)
+    classes = ", ".join(loaded.classes)
+    return ModelInfo(
+        labels=list(loaded.classes),
+        preprocess=loaded.spec,
+        model_name=MODEL_NAME,
+        model_version=version,
+        precision=cfg.precision,
+        input_name=INPUT_NAME,
+        output=OUTPUT_NAME,
+        tta=cfg.tta,
+        training_data=f"train split of {loaded.config.data} (classes {classes})",
+        val_accuracy=float(acc) if acc is not None else None,
+        val_macro_f1=float(f1) if f1 is not None else None,
+        export_date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        exporter_version=fer_edge.__version__,
+        extra={**extra, "val_source": source},
+    )
+
+
+def with_metadata(graph: onnx.ModelProto, info: ModelInfo) -> bytes:
+    """Serialized graph with ``info`` in ``metadata_props``, verified to load and read back.
+
+    Raises:
+        ExportError: ONNX Runtime cannot load it or the metadata does not round-trip.
+    """
+    onnx.helper.set_model_props(graph, info.to_props())
+    graph.producer_name, graph.producer_version = "fer-edge export", fer_edge.__version__
+    data = graph.SerializeToString()
+    session = make_session(data, threads=1)
+    back = ModelInfo.from_props(session.get_modelmeta().custom_metadata_map, source="exported graph")
+    if back != info:
+        raise ExportError("metadata did not round-trip through ONNX Runtime")
+    return data
+
+
+def write_atomic(data: bytes, out: Path, force: bool) -> None:
+    """Write via a temporary file in the same folder; never clobber without ``force``.
+
+    Raises:
+        ExportError: ``out`` exists and ``force`` is false.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if force:
+            os.replace(tmp, out)
+        else:
+            # link() fails if out appeared meanwhile: no check-then-write race.
+            try:
+                os.link(tmp, out)
+            except FileExistsError:
+                raise OutputExistsError(f"{out} exists; pass --force to overwrite it") from None
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _variant_val(cfg: ExportConfig, fp32: bytes, variant: bytes | None, val: LabelledImages | None,
+                 report_warnings: list[str]) -> dict[str, EvalResult]:
+    """Val metrics of fp32 and the variant; warns when the variant loses > 1 point."""
+    if val is None:
+        if variant is not None:
+            report_warnings.append(f"{cfg.precision} accuracy loss NOT measured (no --data); "
+                                   "measure it before shipping this file")
+        return {}
+    results = {"fp32": score(run_session(make_session(fp32, cfg.threads), val.inputs), val.labels, val.classes)}
+    if variant is not None:
+        results[cfg.precision] = score(run_session(make_session(variant, cfg.threads), val.inputs),
+                                       val.labels, val.classes)
+        drop = results["fp32"].accuracy - results[cfg.precision].accuracy
+        if drop > MAX_ACCURACY_DROP:
+            report_warnings.append(
+                f"{cfg.precision} loses {drop * 100:.2f} points of val accuracy vs fp32 "
+                f"({results[cfg.precision].accuracy:.4f} vs {results['fp32'].accuracy:.4f}), "
+                f"more than the {MAX_ACCURACY_DROP * 100:.0f}-point budget"
+            )
+    return results
+
+
+def export_checkpoint(cfg: ExportConfig) -> ExportReport:
+    """Export, verify and write one checkpoint (see the module docstring).
+
+    Raises:
+        ValueError: bad settings (message lists valid choices).
+        CheckpointError: the checkpoint is unreadable or does not fit its config.
+        train.data.DataLayoutError: ``data`` is not ``<root>/<split>/<class>/``.
+        ExportError: a check failed or ``out`` exists without ``force``.
+    """
+    cfg.validate()
+    out = Path(cfg.out)
+    if out.exists() and not cfg.force:
+        raise OutputExistsError(f"{out} exists; pass --force to overwrite it")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    loaded = load_checkpoint_model(Path(cfg.checkpoint))
+    model = FlipTTA(loaded.model).eval() if cfg.tta == "flip" else loaded.model
+    n_cls = len(loaded.classes)
+
+    val = None
+    if cfg.data is not None:
+        val = load_labelled(Path(cfg.data), "val", loaded.classes, loaded.spec, cfg.val_limit_per_class)
+        log.info("val: %d images of %s", len(val), loaded.classes)
+
+    with tempfile.TemporaryDirectory(prefix="fer-edge-export-") as tmp:
+        raw = export_graph(model, loaded.spec.input_size, cfg.opset, Path(tmp) / "raw.onnx")
+    check_graph_contract(raw, n_cls, "exported graph")
+    simplified = simplify(raw)
+    check_graph_contract(simplified, n_cls, "simplified graph")
+    raw_bytes, fp32_bytes = raw.SerializeToString(), simplified.SerializeToString()
+
+    inputs, source = _parity_inputs(cfg, loaded.spec, val)
+    parity = check_fp32_parity(model, raw_bytes, fp32_bytes, inputs, source, cfg)
+
+    final, variant_bytes = simplified, None
+    if cfg.precision != "fp32":
+        final = make_variant(simplified, cfg, loaded.spec, loaded.classes)
+        check_graph_contract(final, n_cls, f"{cfg.precision} graph")
+        variant_bytes = final.SerializeToString()
+        fp32_out = run_session(make_session(fp32_bytes, cfg.threads), inputs)
+        var_out = run_session(make_session(variant_bytes, cfg.threads), inputs)
+        check = compare(f"onnx {cfg.precision} vs onnx fp32", source, fp32_out, var_out, atol=None)
+        if not np.isfinite(var_out).all():
+            raise ExportError(f"{cfg.precision} graph produced non-finite logits; nothing written")
+        parity.append(check)
+
+    report_warnings: list[str] = []
+    val_results = _variant_val(cfg, fp32_bytes, variant_bytes, val, report_warnings)
+    extra = {
+        "opset": cfg.opset,
+        "exporter": f"torch.onnx TorchScript exporter (torch {torch.__version__}) + onnxsim",
+        "checkpoint": Path(cfg.checkpoint).name,
+        "checkpoint_sha256": loaded.sha256,
+        "checkpoint_epoch": loaded.epoch,
+        "checkpoint_val": {k: loaded.val.get(k) for k in ("accuracy", "macro_f1", "tta", "n")} if loaded.val else None,
+        "parity": [p.to_dict() for p in parity],
+        "val_by_precision": {k: v.to_dict() for k, v in val_results.items()},
+    }
+    if cfg.precision == "int8":
+        extra["quantization"] = {**cfg.quant.to_dict(), "calibration_images": cfg.calib_images}
+    info = build_info(cfg, loaded, val_results, extra)
+    data = with_metadata(final, info)
+    write_atomic(data, out, cfg.force)
+    log.info("wrote %s", out)
+    return ExportReport(
+        out=out, info=info, nodes_exported=len(raw.graph.node), nodes_simplified=len(simplified.graph.node),
+        nodes_written=len(final.graph.node), size_bytes=out.stat().st_size,
+        fp32_size_bytes=len(fp32_bytes), parity=parity, val=val_results, warnings=report_warnings,
+    )

@@ -1,0 +1,254 @@
+"""Reduced-precision variants of an exported fp32 graph: fp16 and static int8.
+
+fp16 converts weights and compute to float16 but keeps float32 inputs and
+outputs, so the runtime feeds it exactly like the fp32 model.
+
+int8 is ONNX Runtime static quantization calibrated on training images.
+EfficientNet-B0 is a hard case for it: SiLU and squeeze-excitation gates
+(Sigmoid * x) are sensitive to coarse activation grids, and depthwise
+convolutions have few weights per output channel. :class:`QuantConfig`
+therefore chooses *which* nodes are quantized (``scope``) besides the usual
+format/calibration/type knobs; ``python -m benchmarks.quant_sweep`` measures
+the combinations on a real checkpoint.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+QUANT_FORMATS = ("qoperator", "qdq")
+QUANT_SCOPES = ("all", "conv", "dense", "pointwise")
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+INT8_TYPES = ("u8", "s8")
+
+# Squeeze-excitation starts at a global pool; activations pass between its convs.
+_POOL_OPS = ("GlobalAveragePool", "ReduceMean")
+_ACTIVATION_OPS = ("Mul", "Sigmoid", "Relu", "Clip", "HardSigmoid", "HardSwish")
+
+
+@dataclass
+class QuantConfig:
+    """How the int8 variant is made.
+
+    Attributes:
+        format: ``qoperator`` (QLinearConv etc.) or ``qdq`` (QuantizeLinear /
+            DequantizeLinear pairs that ONNX Runtime fuses at load time).
+        scope: Which nodes are quantized. ``all``: every op ONNX Runtime can
+            quantize (incl. Sigmoid, Mul, Add, pooling); ``conv``: every Conv,
+            the rest stays float; ``dense``: group-1 Convs outside
+            squeeze-excitation (stem, 1x1 expand/project, head); ``pointwise``:
+            only the 1x1 group-1 Convs outside squeeze-excitation.
+        calibrate_method: ``minmax``, ``entropy`` or ``percentile``.
+        percentile: Percentile kept by the ``percentile`` method.
+        per_channel: One weight scale per output channel.
+        reduce_range: 7-bit weights (avoids int16 overflow on CPUs without VNNI).
+        activation_type: ``u8`` or ``s8`` activations.
+        weight_type: ``u8`` or ``s8`` weights.
+        calib_batch: Images per calibration forward pass.
+    """
+
+    format: str = "qoperator"
+    scope: str = "pointwise"
+    calibrate_method: str = "percentile"
+    percentile: float = 99.999
+    per_channel: bool = True
+    reduce_range: bool = False
+    activation_type: str = "u8"
+    weight_type: str = "s8"
+    calib_batch: int = 16
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the valid choices for any bad field."""
+        for name, choices in (("format", QUANT_FORMATS), ("scope", QUANT_SCOPES),
+                              ("calibrate_method", CALIB_METHODS),
+                              ("activation_type", INT8_TYPES), ("weight_type", INT8_TYPES)):
+            value = getattr(self, name)
+            if value not in choices:
+                raise ValueError(f"int8 {name} {value!r} is not one of {choices}")
+        if not 50.0 < self.percentile <= 100.0:
+            raise ValueError(f"int8 percentile must be in (50, 100], got {self.percentile}")
+        if self.calib_batch < 1:
+            raise ValueError(f"int8 calib_batch must be >= 1, got {self.calib_batch}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_label(cls, label: str) -> "QuantConfig":
+        """Inverse of :meth:`label` (fields not in the label keep their defaults).
+
+        Raises:
+            ValueError: malformed label; names the expected form.
+        """
+        parts = label.strip().split("/")
+        form = "FORMAT/SCOPE/CALIBRATION/per-channel|per-tensor/{u8|s8}{u8|s8}[/reduce-range]"
+        if len(parts) not in (5, 6) or (len(parts) == 6 and parts[5] != "reduce-range"):
+            raise ValueError(f"int8 recipe {label!r} is not of the form {form}")
+        if parts[3] not in ("per-channel", "per-tensor") or len(parts[4]) != 4:
+            raise ValueError(f"int8 recipe {label!r} is not of the form {form}")
+        cfg = cls(format=parts[0], scope=parts[1], calibrate_method=parts[2],
+                  per_channel=parts[3] == "per-channel", activation_type=parts[4][:2],
+                  weight_type=parts[4][2:], reduce_range=len(parts) == 6)
+        cfg.validate()
+        return cfg
+
+    def label(self) -> str:
+        """Short description, e.g. ``qoperator/pointwise/percentile/per-channel/u8s8``."""
+        parts = [self.format, self.scope, self.calibrate_method,
+                 "per-channel" if self.per_channel else "per-tensor",
+                 f"{self.activation_type}{self.weight_type}"]
+        if self.reduce_range:
+            parts.append("reduce-range")
+        return "/".join(parts)
+
+
+def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """float16 weights and compute, float32 graph input and output."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    return convert_float_to_float16(model, keep_io_types=True)
+
+
+def ensure_node_names(model: onnx.ModelProto) -> None:
+    """Give every unnamed node a unique name (quantization selects nodes by name)."""
+    taken = {n.name for n in model.graph.node if n.name}
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{i}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
+
+
+def _attr(node: onnx.NodeProto, name: str, default):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def squeeze_excite_convs(model: onnx.ModelProto) -> set[str]:
+    """Names of the Convs inside squeeze-excitation blocks.
+
+    Structural, not shape-based (at small inputs the last stages are 1x1 too):
+    a Conv is SE when every path back from its input, through activations,
+    ends at a global pool or at another SE Conv. The projection Conv after
+    the gate sees ``dw_activation * gate`` and so counts as main path.
+    """
+    producer = {out: n for n in model.graph.node for out in n.output}
+    initializers = {i.name for i in model.graph.initializer}
+    se: set[str] = set()
+    memo: dict[str, frozenset[str]] = {}
+
+    def origins(tensor: str) -> frozenset[str]:
+        if tensor not in memo:
+            node = producer.get(tensor)
+            if node is None:
+                memo[tensor] = frozenset({"main"})
+            elif node.op_type in _POOL_OPS:
+                memo[tensor] = frozenset({"pool"})
+            elif node.op_type == "Conv":
+                memo[tensor] = frozenset({"se" if node.name in se else "main"})
+            elif node.op_type in _ACTIVATION_OPS:
+                found: set[str] = set()
+                for t in node.input:
+                    if t and t not in initializers:
+                        found |= origins(t)
+                memo[tensor] = frozenset(found or {"main"})
+            else:
+                memo[tensor] = frozenset({"main"})
+        return memo[tensor]
+
+    for node in model.graph.node:  # topological order: producers come first
+        if node.op_type == "Conv" and origins(node.input[0]) <= {"pool", "se"}:
+            se.add(node.name)
+    return se
+
+
+def select_nodes(model: onnx.ModelProto, scope: str) -> list[str]:
+    """Names of the nodes to quantize for ``scope`` (see :class:`QuantConfig`).
+
+    ``all`` returns every node: the quantizer itself skips ops it cannot handle.
+    """
+    if scope not in QUANT_SCOPES:
+        raise ValueError(f"int8 scope {scope!r} is not one of {QUANT_SCOPES}")
+    ensure_node_names(model)
+    if scope == "all":
+        return [n.name for n in model.graph.node]
+    se = squeeze_excite_convs(model)
+    chosen = []
+    for node in model.graph.node:
+        if node.op_type != "Conv":
+            continue
+        squeeze_excite = node.name in se
+        group = _attr(node, "group", 1)
+        kernel = list(_attr(node, "kernel_shape", []))
+        if scope == "conv":
+            chosen.append(node.name)
+        elif scope == "dense" and group == 1 and not squeeze_excite:
+            chosen.append(node.name)
+        elif scope == "pointwise" and group == 1 and not squeeze_excite and kernel == [1, 1]:
+            chosen.append(node.name)
+    return chosen
+
+
+def to_int8(model: onnx.ModelProto, calibration: np.ndarray, cfg: QuantConfig,
+            input_name: str = "input") -> onnx.ModelProto:
+    """Static int8 quantization of an fp32 graph, calibrated on ``calibration`` inputs.
+
+    Args:
+        model: Simplified fp32 graph (not modified).
+        calibration: float32 (N, 3, S, S) preprocessed training images.
+        cfg: Quantization recipe.
+        input_name: Name of the graph input.
+
+    Returns:
+        The quantized graph.
+    """
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
+                                          QuantType, quantize_static)
+
+    cfg.validate()
+    if len(calibration) == 0:
+        raise ValueError("int8 needs calibration images; got none")
+
+    class _Reader(CalibrationDataReader):
+        """Feeds the calibration array in batches."""
+
+        def __init__(self) -> None:
+            self._batches = iter(
+                [{input_name: calibration[i : i + cfg.calib_batch]}
+                 for i in range(0, len(calibration), cfg.calib_batch)]
+            )
+
+        def get_next(self) -> dict | None:
+            return next(self._batches, None)
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    nodes = select_nodes(model, cfg.scope)
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[cfg.calibrate_method]
+    qtype = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
+    extra = {"CalibPercentile": cfg.percentile} if cfg.calibrate_method == "percentile" else {}
+    with tempfile.TemporaryDirectory(prefix="fer-edge-int8-") as tmp:
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(model, src)
+        quantize_static(
+            src, dst, _Reader(),
+            quant_format=QuantFormat.QOperator if cfg.format == "qoperator" else QuantFormat.QDQ,
+            op_types_to_quantize=None if cfg.scope == "all" else ["Conv"],
+            nodes_to_quantize=None if cfg.scope == "all" else nodes,
+            per_channel=cfg.per_channel,
+            reduce_range=cfg.reduce_range,
+            activation_type=qtype[cfg.activation_type],
+            weight_type=qtype[cfg.weight_type],
+            calibrate_method=method,
+            extra_options=extra,
+        )
+        return onnx.load(dst)

@@ -1,0 +1,509 @@
+"""The :class:`Classifier`: an ONNX Runtime session plus the model's metadata.
+
+Everything model-specific (labels and their order, input size, normalisation)
+is read from the ONNX file's ``fer_edge`` metadata (:mod:`fer_edge.metadata`),
+so any model written by ``python -m export`` works, whatever its classes.
+
+In the examples, ``test_model_path`` is a tiny untrained 2-class model that
+the test configuration builds; with the shipped model use ``Classifier()``.
+
+Example:
+    >>> from PIL import Image
+    >>> clf = Classifier(test_model_path)
+    >>> face = Image.new("L", (48, 48), 128)
+    >>> pred = clf.predict(face)
+    >>> list(pred.probabilities) == clf.labels, 0.0 <= pred.score <= 1.0
+    (True, True)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence, Union
+
+import numpy as np
+import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
+from PIL import Image
+
+from . import __version__
+from .errors import ImageError, ModelError, ProviderError
+from .files import display_path, printable
+from .metadata import ModelInfo
+from .preprocess import ImageInput, PreprocessSpec, checked_gray, load_image, normalize
+from .providers import ProvidersArg, available_providers, provider_options, resolve_providers
+from .results import FaceResult, ImageResult, Prediction
+
+log = logging.getLogger("fer_edge")
+
+#: The trained model shipped inside the package.
+DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default.onnx"
+#: ``faces=`` choices of :meth:`Classifier.analyze`: detect if the image looks
+#: like more than a face crop, always detect, never detect.
+FACE_MODES = ("auto", "on", "off")
+#: ``errors=`` choices of :meth:`Classifier.analyze_batch`.
+ERROR_MODES = ("raise", "record")
+DEFAULT_BATCH_SIZE = 32
+
+_INPUT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+def _ort_errors(*names: str) -> tuple[type[BaseException], ...]:
+    # The set of exception classes differs between ONNX Runtime releases.
+    return tuple(getattr(_ort_state, n) for n in names if hasattr(_ort_state, n))
+
+
+_ORT_MODEL_ERRORS = _ort_errors(
+    "Fail", "InvalidArgument", "InvalidGraph", "InvalidProtobuf", "NoSuchFile", "NoModel",
+    "NotImplemented", "RuntimeException", "ModelRequiresCompilation",
+)
+_ORT_PROVIDER_ERRORS = _ort_errors("EPFail", "EngineError")
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64, stable for large logits.
+
+    Example:
+        >>> softmax(np.array([[1000.0, 1000.0]])).tolist()
+        [[0.5, 0.5]]
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    # Subtracting the row maximum keeps exp() from overflowing; result unchanged.
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+@dataclass(frozen=True)
+class _Graph:
+    """The graph facts inference needs, checked against the metadata."""
+
+    input_name: str
+    input_dtype: type
+    output_name: str
+    static_batch: int | None
+
+
+@dataclass(frozen=True)
+class _Region:
+    """A part of an image to classify: a detected face, or the whole image."""
+
+    box: tuple[int, int, int, int]
+    score: float | None
+    image: Image.Image
+
+
+def _model_file(model: str | os.PathLike | None) -> Path:
+    if model is None:
+        if not DEFAULT_MODEL.is_file():
+            raise ModelError(
+                f"the default model is not installed ({DEFAULT_MODEL} is missing); "
+                "pass a model file instead: Classifier('model.onnx') or fer-edge --model model.onnx "
+                "(python -m export writes one)"
+            )
+        return DEFAULT_MODEL
+    path = Path(model)
+    name = display_path(path)
+    if path.is_dir():
+        raise ModelError(f"{name}: is a directory, not an ONNX model file")
+    if not path.exists():
+        raise ModelError(f"{name}: no such model file")
+    return path
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _open_session(path: Path, providers: list[str], threads: int) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    # Errors only: ORT's warnings (e.g. nodes placed on CPU) are noise for users;
+    # the provider actually used is checked and reported by the Classifier.
+    opts.log_severity_level = 3
+    name = display_path(path)
+    with_options = [(p, provider_options(p)) for p in providers]
+    try:
+        return ort.InferenceSession(os.fspath(path), sess_options=opts, providers=with_options)
+    except _ORT_PROVIDER_ERRORS as exc:
+        raise ProviderError(f"{name}: execution provider {providers[0]} failed to start: "
+                            f"{_first_line(exc)}") from None
+    except _ORT_MODEL_ERRORS as exc:
+        raise ModelError(f"{name}: not a loadable ONNX model ({_first_line(exc)})") from None
+    except PermissionError:
+        raise ModelError(f"{name}: permission denied") from None
+
+
+def _check_graph(session: ort.InferenceSession, info: ModelInfo, name: str) -> _Graph:
+    """Check the graph's input and output against the metadata."""
+    inputs = session.get_inputs()
+    by_name = {i.name: i for i in inputs}
+    if info.input_name not in by_name:
+        raise ModelError(f"{name}: metadata names input {info.input_name!r}, but the graph's "
+                         f"inputs are {sorted(by_name)}")
+    if len(inputs) != 1:
+        raise ModelError(f"{name}: the graph has {len(inputs)} inputs {sorted(by_name)}; "
+                         "a fer-edge model has exactly one")
+    node = by_name[info.input_name]
+    size = info.preprocess.input_size
+    shape = list(node.shape)
+    expected = [None, 3, size, size]
+    fixed_mismatch = any(isinstance(d, int) and e is not None and d != e
+                         for d, e in zip(shape, expected))
+    if len(shape) != 4 or fixed_mismatch:
+        raise ModelError(f"{name}: input {node.name!r} has shape {shape}, but the metadata "
+                         f"(input_size {size}) needs [batch, 3, {size}, {size}]")
+    if node.type not in _INPUT_DTYPES:
+        raise ModelError(f"{name}: input type {node.type} is not one of {sorted(_INPUT_DTYPES)}")
+    outputs = session.get_outputs()
+    out_shape = list(outputs[0].shape)
+    n_labels = len(info.labels)
+    if len(out_shape) != 2 or (isinstance(out_shape[1], int) and out_shape[1] != n_labels):
+        raise ModelError(f"{name}: output {outputs[0].name!r} has shape {out_shape}, but the "
+                         f"metadata lists {n_labels} labels {info.labels}: need [batch, {n_labels}]")
+    static_batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
+    return _Graph(node.name, _INPUT_DTYPES[node.type], outputs[0].name, static_batch)
+
+
+def _source_name(image: object) -> str | None:
+    """The path of a file input (printable), ``None`` for in-memory images."""
+    if isinstance(image, (str, os.PathLike)):
+        return display_path(image)
+    return None
+
+
+class Classifier:
+    """Facial-expression classifier running an exported ONNX model.
+
+    One instance may be shared by many threads: ``predict`` and ``analyze``
+    keep no state between calls, and ONNX Runtime sessions are thread-safe.
+
+    Args:
+        model: Path of an ONNX model written by ``python -m export``; ``None``
+            loads the model shipped in the package (:data:`DEFAULT_MODEL`).
+        providers: ``None`` to pick automatically (see
+            :data:`fer_edge.providers.PREFERENCE`), or provider names/aliases
+            (``"cuda"``, ``["TensorrtExecutionProvider", "cpu"]``), used
+            exactly as given.
+        threads: Intra-op threads for ONNX Runtime; 0 lets it decide.
+        batch_size: Images per ``session.run`` in batched calls.
+
+    Attributes:
+        model_path: The model file in use.
+        info: The model's metadata (labels, preprocessing, provenance).
+        provider: The execution provider the model runs on.
+        providers: All providers of the session, in priority order.
+
+    Raises:
+        ModelError: The model is missing, not ONNX, lacks fer-edge metadata,
+            or its graph does not match the metadata.
+        ProviderError: A requested provider is not available or failed to start.
+
+    Example:
+        >>> clf = Classifier(test_model_path, providers="cpu")
+        >>> clf.labels, clf.provider
+        (['happy', 'sad'], 'CPUExecutionProvider')
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike | None = None,
+        *,
+        providers: ProvidersArg = None,
+        threads: int = 0,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> None:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if not isinstance(threads, int) or threads < 0:
+            raise ValueError(f"threads must be an int >= 0 (0 = automatic), got {threads!r}")
+        self.model_path = _model_file(model)
+        requested = resolve_providers(providers)
+        self._session = _open_session(self.model_path, requested, threads)
+        self.providers: list[str] = list(self._session.get_providers())
+        self.provider: str = self.providers[0]
+        self._check_providers(requested, explicit=providers is not None)
+        name = display_path(self.model_path)
+        self.info = ModelInfo.from_props(self._session.get_modelmeta().custom_metadata_map, name)
+        self._graph = _check_graph(self._session, self.info, name)
+        self.batch_size = self._graph.static_batch or batch_size
+        if self._graph.static_batch and self._graph.static_batch != batch_size:
+            log.info("model has a fixed batch size of %d; using it", self._graph.static_batch)
+        log.info("model %s (%s, %d labels, %dpx) running on %s", name, self.info.model_version,
+                 len(self.info.labels), self.spec.input_size, self.provider)
+
+    def _check_providers(self, requested: list[str], explicit: bool) -> None:
+        missing = [p for p in requested if p not in self.providers]
+        if explicit and missing:
+            # ORT quietly drops providers whose libraries fail to load; an
+            # explicit request must not end up somewhere else.
+            raise ProviderError(
+                f"execution provider(s) {missing} were requested but ONNX Runtime could not "
+                f"start them; the session got {self.providers}"
+            )
+        if not explicit and self.provider != requested[0]:
+            log.warning("%s is installed but failed to start; running on %s",
+                        requested[0], self.provider)
+
+    def __repr__(self) -> str:
+        return (f"Classifier({display_path(self.model_path)!r}, labels={self.labels}, "
+                f"provider={self.provider!r})")
+
+    @property
+    def labels(self) -> list[str]:
+        """Class names in the model's output order."""
+        return list(self.info.labels)
+
+    @property
+    def spec(self) -> PreprocessSpec:
+        """How images are turned into the model input (from the metadata)."""
+        return self.info.preprocess
+
+    def describe(self) -> dict[str, Any]:
+        """What ``fer-edge info`` prints: versions, providers, model metadata.
+
+        Example:
+            >>> d = Classifier(test_model_path).describe()
+            >>> d["provider"], d["model"]["labels"]
+            ('CPUExecutionProvider', ['happy', 'sad'])
+        """
+        meta = self.info
+        return {
+            "fer_edge_version": __version__,
+            "onnxruntime_version": ort.__version__,
+            "model_path": display_path(self.model_path),
+            "provider": self.provider,
+            "session_providers": list(self.providers),
+            "available_providers": available_providers(),
+            "batch_size": self.batch_size,
+            "model": {
+                "labels": list(meta.labels),
+                "preprocess": meta.preprocess.to_dict(),
+                "model_name": meta.model_name,
+                "model_version": meta.model_version,
+                "precision": meta.precision,
+                "tta": meta.tta,
+                "training_data": meta.training_data,
+                "val_accuracy": meta.val_accuracy,
+                "val_macro_f1": meta.val_macro_f1,
+                "export_date": meta.export_date,
+                "exporter_version": meta.exporter_version,
+                "extra": dict(meta.extra),
+            },
+        }
+
+    # -- whole-image classification -------------------------------------
+
+    def predict(
+        self, image: ImageInput | Sequence[ImageInput]
+    ) -> Union[Prediction, list[Prediction]]:
+        """Classify one image (the whole image is taken as the face).
+
+        Args:
+            image: A path, PIL image, or numpy array (HxW gray, HxWx3 RGB);
+                a list or tuple of them is classified with :meth:`predict_batch`.
+
+        Returns:
+            A :class:`Prediction`, or a list of them for a list input.
+
+        Raises:
+            ImageError: An image cannot be read (the message names it).
+
+        Example:
+            >>> import numpy as np
+            >>> clf = Classifier(test_model_path)
+            >>> p = clf.predict(np.full((48, 48), 200, dtype=np.uint8))
+            >>> p.label in clf.labels, abs(sum(p.probabilities.values()) - 1) < 1e-6
+            (True, True)
+        """
+        if isinstance(image, (list, tuple)):
+            return self.predict_batch(image)
+        return self.predict_batch([image])[0]
+
+    def predict_batch(self, images: Iterable[ImageInput]) -> list[Prediction]:
+        """Classify many images, ``batch_size`` per ``session.run``.
+
+        Gives the same probabilities as calling :meth:`predict` on each
+        (within float rounding, ~1e-6).
+
+        Raises:
+            ImageError: An image cannot be read; use :meth:`analyze_batch`
+                with ``errors="record"`` to carry on past bad images.
+
+        Example:
+            >>> from PIL import Image
+            >>> clf = Classifier(test_model_path)
+            >>> [p.label in clf.labels for p in clf.predict_batch([Image.new("L", (9, 9))] * 3)]
+            [True, True, True]
+        """
+        grays = [self._gray(load_image(img), img) for img in images]
+        return self._classify(grays)
+
+    # -- face-aware analysis ---------------------------------------------
+
+    def analyze(self, image: ImageInput, faces: str = "off") -> ImageResult:
+        """Find the faces in one image (optionally) and classify each.
+
+        Args:
+            image: A path, PIL image, or numpy array.
+            faces: ``"off"``: the whole image is one face; ``"on"``: detect
+                faces (needs OpenCV, ``pip install "fer-edge[detect]"``);
+                ``"auto"``: detect unless the image already looks like a face
+                crop. No face found gives ``faces=[]``, not an error.
+
+        Returns:
+            An :class:`ImageResult` with one :class:`FaceResult` per face.
+
+        Raises:
+            ImageError: The image cannot be read.
+            ValueError: ``faces`` is not one of :data:`FACE_MODES`.
+            DependencyError: Detection is needed and OpenCV is missing.
+
+        Example:
+            >>> from PIL import Image
+            >>> r = Classifier(test_model_path).analyze(Image.new("RGB", (64, 48)))
+            >>> r.detected, r.faces[0].box, r.width, r.height
+            (False, (0, 0, 64, 48), 64, 48)
+        """
+        return self.analyze_batch([image], faces=faces, errors="raise")[0]
+
+    def analyze_batch(
+        self, images: Iterable[ImageInput], faces: str = "off", errors: str = "raise"
+    ) -> list[ImageResult]:
+        """:meth:`analyze` many images; all their faces are classified in batches.
+
+        Args:
+            images: Paths, PIL images or numpy arrays.
+            faces: As in :meth:`analyze`.
+            errors: ``"raise"``: an unreadable image raises :class:`ImageError`;
+                ``"record"``: it gets an :class:`ImageResult` with ``error``
+                set and the other images are still classified.
+
+        Returns:
+            One :class:`ImageResult` per input, in input order.
+
+        Example:
+            >>> clf = Classifier(test_model_path)
+            >>> [r.error for r in clf.analyze_batch(["missing.png"], errors="record")]
+            ['missing.png: no such file']
+        """
+        _check_choice("faces", faces, FACE_MODES)
+        _check_choice("errors", errors, ERROR_MODES)
+        results: list[ImageResult] = []
+        crops: list[np.ndarray] = []
+        owners: list[tuple[ImageResult, _Region]] = []
+        for image in images:
+            try:
+                img = load_image(image)
+                detected, regions = self._regions(img, faces)
+                grays = [self._gray(r.image, image) for r in regions]
+            except ImageError as exc:
+                if errors == "raise":
+                    raise
+                results.append(ImageResult.failed(_source_name(image), printable(str(exc))))
+                continue
+            result = ImageResult(_source_name(image), img.width, img.height, detected, [])
+            results.append(result)
+            crops.extend(grays)
+            owners.extend((result, region) for region in regions)
+        for (result, region), pred in zip(owners, self._classify(crops)):
+            result.faces.append(FaceResult(region.box, region.score, pred))
+        return results
+
+    def analyze_iter(
+        self, images: Iterable[ImageInput], faces: str = "off", errors: str = "record"
+    ) -> Iterator[ImageResult]:
+        """:meth:`analyze_batch` over ``batch_size`` images at a time, lazily.
+
+        For long lists (whole photo folders): memory stays bounded and results
+        arrive while the rest is still being classified. Bad images are
+        recorded, not raised, by default.
+
+        Example:
+            >>> clf = Classifier(test_model_path, batch_size=2)
+            >>> from PIL import Image
+            >>> [r.ok for r in clf.analyze_iter([Image.new("L", (8, 8))] * 3 + ["nope.jpg"])]
+            [True, True, True, False]
+        """
+        _check_choice("faces", faces, FACE_MODES)
+        _check_choice("errors", errors, ERROR_MODES)
+        chunk: list[ImageInput] = []
+        for image in images:
+            chunk.append(image)
+            if len(chunk) == self.batch_size:
+                yield from self.analyze_batch(chunk, faces=faces, errors=errors)
+                chunk = []
+        if chunk:
+            yield from self.analyze_batch(chunk, faces=faces, errors=errors)
+
+    # -- internals -------------------------------------------------------
+
+    def _gray(self, img: Image.Image, source: object) -> np.ndarray:
+        name = _source_name(source) or f"<{type(source).__name__}>"
+        return checked_gray(img, self.spec.input_size, name)
+
+    def _regions(self, img: Image.Image, mode: str) -> tuple[bool, list[_Region]]:
+        """Whether detection ran, and the regions to classify."""
+        whole = [_Region((0, 0, img.width, img.height), None, img)]
+        if mode == "off":
+            return False, whole
+        # Imported here so that OpenCV is only needed when detection is asked for.
+        from . import faces as face_detection
+
+        if not face_detection.needs_detection(img, mode):
+            return False, whole
+        boxes = face_detection.detect_faces(img)
+        return True, [
+            _Region((int(b.x), int(b.y), int(b.w), int(b.h)),
+                    None if b.score is None else float(b.score),
+                    face_detection.crop_face(img, b))
+            for b in boxes
+        ]
+
+    def _classify(self, grays: Sequence[np.ndarray]) -> list[Prediction]:
+        """uint8 (S, S) images -> predictions, one ``session.run`` per chunk."""
+        predictions: list[Prediction] = []
+        for start in range(0, len(grays), self.batch_size):
+            x = normalize(np.stack(grays[start:start + self.batch_size]), self.spec)
+            predictions.extend(self._prediction(row) for row in self._probabilities(x))
+        return predictions
+
+    def _probabilities(self, x: np.ndarray) -> np.ndarray:
+        """Run the model on float32 (n, 3, S, S); returns (n, classes) probabilities."""
+        n = len(x)
+        if self._graph.static_batch and n < self._graph.static_batch:
+            # A fixed-batch model needs full batches: pad, then drop the padding.
+            pad = np.zeros((self._graph.static_batch - n, *x.shape[1:]), dtype=x.dtype)
+            x = np.concatenate([x, pad])
+        feed = {self._graph.input_name: x.astype(self._graph.input_dtype, copy=False)}
+        try:
+            (logits,) = self._session.run([self._graph.output_name], feed)
+        except _ORT_MODEL_ERRORS as exc:
+            raise ModelError(f"{display_path(self.model_path)}: inference failed "
+                             f"({_first_line(exc)})") from None
+        logits = np.asarray(logits)[:n]
+        if logits.shape != (n, len(self.info.labels)):
+            raise ModelError(f"{display_path(self.model_path)}: output shape {logits.shape} "
+                             f"does not match {n} images x {len(self.info.labels)} labels")
+        if not np.all(np.isfinite(logits)):
+            raise ModelError(f"{display_path(self.model_path)}: model produced NaN or "
+                             "infinite logits")
+        return softmax(logits)
+
+    def _prediction(self, probs: np.ndarray) -> Prediction:
+        labels = self.info.labels
+        best = int(np.argmax(probs))
+        return Prediction(
+            label=labels[best],
+            score=float(probs[best]),
+            probabilities={label: float(p) for label, p in zip(labels, probs)},
+        )
+
+
+def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not one of {list(choices)}")

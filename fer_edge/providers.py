@@ -1,0 +1,165 @@
+"""Choosing ONNX Runtime execution providers: automatic, or exactly as asked.
+
+Automatic choice takes the available providers in a fixed preference order
+(:data:`PREFERENCE`). An explicit request is honoured exactly; asking for a
+provider this ONNX Runtime build does not have raises :class:`ProviderError`
+listing the ones it has, never a quiet switch to another one.
+
+Example:
+    >>> resolve_providers(None, available=["CPUExecutionProvider", "CUDAExecutionProvider"])
+    ['CUDAExecutionProvider', 'CPUExecutionProvider']
+    >>> resolve_providers("cpu", available=["CPUExecutionProvider"])
+    ['CPUExecutionProvider']
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import logging
+import os
+from pathlib import Path
+
+import onnxruntime as ort
+
+from .errors import ProviderError
+
+log = logging.getLogger("fer_edge")
+
+#: Automatic choice, best first. Lower-ranked available providers follow the
+#: best one in the session so nodes it cannot run still have a home.
+PREFERENCE = (
+    "TensorrtExecutionProvider",
+    "CUDAExecutionProvider",
+    "CoreMLExecutionProvider",
+    "DmlExecutionProvider",
+    "CPUExecutionProvider",
+)
+
+#: Short names accepted by ``--provider`` and ``providers=`` (case-insensitive).
+ALIASES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "directml": "DmlExecutionProvider",
+    "dml": "DmlExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+
+ProvidersArg = Union[str, Sequence[str], None]
+
+_GPU = "pip uninstall -y onnxruntime && pip install onnxruntime-gpu (README, section GPU)"
+
+#: What to install to get a provider the standard ``onnxruntime`` wheel lacks.
+INSTALL_HINTS = {
+    "TensorrtExecutionProvider": f"TensorRT needs the GPU build plus TensorRT libraries: {_GPU}",
+    "CUDAExecutionProvider": f"CUDA needs the GPU build of ONNX Runtime: {_GPU}",
+    "DmlExecutionProvider": "DirectML needs Windows and: pip install onnxruntime-directml",
+    "CoreMLExecutionProvider": "CoreML needs macOS, whose onnxruntime wheel includes it",
+}
+
+
+def ort_version() -> str:
+    """Version of the installed ONNX Runtime."""
+    return str(ort.__version__)
+
+
+def available_providers() -> list[str]:
+    """Execution providers this ONNX Runtime build offers, in its own order."""
+    return list(ort.get_available_providers())
+
+
+def canonical_name(name: str) -> str:
+    """Full provider name for a short alias (``"cuda"``); other names unchanged.
+
+    Example:
+        >>> canonical_name("CUDA"), canonical_name("CPUExecutionProvider")
+        ('CUDAExecutionProvider', 'CPUExecutionProvider')
+    """
+    return ALIASES.get(name.strip().lower(), name.strip())
+
+
+def _choices(available: Sequence[str]) -> str:
+    short = {full: alias for alias, full in ALIASES.items() if alias not in ("trt", "dml")}
+    return ", ".join(f"{p} ({short[p]})" if p in short else p for p in available)
+
+
+def resolve_providers(requested: ProvidersArg, available: Sequence[str] | None = None) -> list[str]:
+    """The provider list to give ``onnxruntime.InferenceSession``.
+
+    Args:
+        requested: ``None`` for the automatic choice; a provider name or alias,
+            a comma-separated string of them, or a sequence of them.
+        available: Providers to choose from; default
+            ``onnxruntime.get_available_providers()``.
+
+    Returns:
+        Full provider names, the one to run on first.
+
+    Raises:
+        ProviderError: A requested provider is not available (the message lists
+            the available ones), or none of :data:`PREFERENCE` is available.
+
+    Example:
+        >>> resolve_providers("cuda", available=["CPUExecutionProvider"])
+        Traceback (most recent call last):
+        ...
+        fer_edge.errors.ProviderError: execution provider 'CUDAExecutionProvider' is not available; available: CPUExecutionProvider (cpu); CUDA needs ...
+    """
+    available = available_providers() if available is None else list(available)
+    if requested is None:
+        chosen = [p for p in PREFERENCE if p in available]
+        if not chosen:
+            raise ProviderError(
+                f"none of the supported execution providers {list(PREFERENCE)} is available; "
+                f"available: {_choices(available)}"
+            )
+        return chosen
+    names = requested.split(",") if isinstance(requested, str) else list(requested)
+    resolved: list[str] = []
+    for name in names:
+        full = canonical_name(name)
+        if not full:
+            raise ProviderError(f"empty execution provider name in {requested!r}")
+        if full not in available:
+            raise ProviderError(
+                f"execution provider {full!r} is not available; available: {_choices(available)}"
+                + (f"; {INSTALL_HINTS[full]}" if full in INSTALL_HINTS else "")
+            )
+        if full not in resolved:
+            resolved.append(full)
+    if not resolved:
+        raise ProviderError(f"no execution provider given; available: {_choices(available)}")
+    return resolved
+
+
+def tensorrt_cache_dir() -> Path:
+    """Where TensorRT engines are cached: ``$FER_EDGE_CACHE/tensorrt``, else
+    ``$XDG_CACHE_HOME/fer-edge/tensorrt``, else ``~/.cache/fer-edge/tensorrt``."""
+    if os.environ.get("FER_EDGE_CACHE"):
+        return Path(os.environ["FER_EDGE_CACHE"]) / "tensorrt"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "fer-edge" / "tensorrt"
+
+
+def provider_options(name: str) -> dict[str, str]:
+    """The options fer-edge gives ONNX Runtime for provider ``name``.
+
+    TensorRT builds an engine for the model when a session starts, which takes
+    minutes; caching it on disk makes that a one-time cost per model.
+
+    Example:
+        >>> provider_options("CPUExecutionProvider")
+        {}
+    """
+    if name != "TensorrtExecutionProvider":
+        return {}
+    cache = tensorrt_cache_dir()
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        log.warning("cannot create the TensorRT engine cache %s (%s); engines will be rebuilt "
+                    "each run (set FER_EDGE_CACHE to a writable folder)", cache, exc)
+        return {}
+    return {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache)}

@@ -1,0 +1,328 @@
+"""The fer-edge command: formats, options, exit codes, output files, progress."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+import fer_edge
+from fer_edge import classifier as classifier_module
+from fer_edge.cli import cli
+
+REPO = Path(__file__).resolve().parents[1]
+LABELS2 = ["happy", "sad"]  # the model_path fixture's labels
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    """3 good face crops, 1 broken file, 1 non-image (skipped in the walk)."""
+    d = tmp_path / "photos"
+    (d / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.jpg", "sub/c.bmp"):
+        Image.fromarray(rng.integers(0, 256, (48, 48), dtype=np.uint8)).save(d / name)
+    (d / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
+    (d / "notes.txt").write_text("skip me")
+    return d
+
+
+def invoke(*args: str, model: Path | None = None):
+    argv = list(args) + (["--model", str(model)] if model else [])
+    return CliRunner().invoke(cli, argv, catch_exceptions=False)
+
+
+def test_json_is_one_array_with_every_file(photos, model_path):
+    r = invoke("classify", str(photos), "--format", "json", model=model_path)
+    assert r.exit_code == 1
+    records = json.loads(r.stdout)
+    assert [Path(x["path"]).name for x in records] == ["a.png", "b.jpg", "broken.jpg", "c.bmp"]
+    broken = records[2]
+    assert set(broken) == {"path", "error"} and "broken.jpg" in broken["error"]
+    good = records[0]
+    assert set(good) == {"path", "width", "height", "detected", "faces", "label", "score",
+                         "probabilities"}
+    assert good["label"] in LABELS2 and list(good["probabilities"]) == LABELS2
+    assert good["faces"][0]["box"] == [0, 0, 48, 48]
+    assert r.stderr.count("fer-edge: error: ") == 1 and "broken.jpg" in r.stderr
+
+
+def test_jsonl_is_one_record_per_line(photos, model_path):
+    r = invoke("classify", str(photos), "--format", "jsonl", model=model_path)
+    lines = r.stdout.splitlines()
+    assert len(lines) == 4
+    assert [("error" in json.loads(line)) for line in lines] == [False, False, True, False]
+
+
+def test_csv_has_a_row_per_face_and_probability_columns(photos, model7_path):
+    r = invoke("classify", str(photos), "--format", "csv", model=model7_path)
+    rows = list(csv.DictReader(io.StringIO(r.stdout)))
+    assert len(rows) == 4
+    labels = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
+    assert [k for k in rows[0] if k.startswith("prob_")] == [f"prob_{x}" for x in labels]
+    ok = rows[0]
+    assert ok["label"] in labels and ok["error"] == "" and ok["x"] == "0" and ok["w"] == "48"
+    assert abs(sum(float(ok[f"prob_{x}"]) for x in labels) - 1) < 1e-4
+    bad = rows[2]
+    assert bad["label"] == "" and "broken.jpg" in bad["error"]
+
+
+def test_table_is_the_default(photos, model_path):
+    r = invoke("classify", str(photos), model=model_path)
+    lines = r.stdout.splitlines()
+    assert lines[0].split()[:3] == ["label", "score", "box"]
+    assert len(lines) == 5
+    assert lines[3].startswith("ERROR") and "broken.jpg" in lines[3]
+    assert lines[1].split()[0] in LABELS2
+
+
+def test_exit_status_0_when_everything_worked(photos, model_path):
+    (photos / "broken.jpg").unlink()
+    r = invoke("classify", str(photos), model=model_path)
+    assert r.exit_code == 0 and r.stderr == ""
+
+
+@pytest.mark.parametrize("args, message", [
+    (["classify"], "Missing argument 'PATHS...'"),
+    (["classify", "x.png", "--format", "xml"], "'xml' is not one of 'table', 'json', 'jsonl', 'csv'"),
+    (["classify", "x.png", "--batch-size", "0"], "--batch-size"),
+    (["classify", "x.png", "--faces", "maybe"], "'maybe' is not one of 'auto', 'on', 'off'"),
+    (["classify", "x.png", "--model", "/nonexistent/model.onnx"], "does not exist"),
+    (["classify", "x.png", "--provider", "directml"], "available: "),
+    (["nonsense"], "No such command"),
+])
+def test_usage_errors_exit_2(args, message, model_path):
+    if "--model" not in args and args[0] == "classify" and len(args) > 1:
+        args = args + ["--model", str(model_path)]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 2, r.output
+    assert message in r.stderr
+
+
+def test_provider_error_lists_the_available_providers(photos, model_path):
+    r = invoke("classify", str(photos), "--provider", "directml", model=model_path)
+    assert r.exit_code == 2
+    assert "CPUExecutionProvider (cpu)" in r.stderr
+
+
+def test_explicit_cpu_provider_and_threads(photos, model_path):
+    r = invoke("classify", str(photos / "a.png"), "--provider", "cpu", "--threads", "1", "-v",
+               model=model_path)
+    assert r.exit_code == 0
+    assert "running on CPUExecutionProvider" in r.stderr
+
+
+def test_output_file_never_overwritten_without_force(photos, model_path, tmp_path):
+    out = tmp_path / "results.json"
+    out.write_text("precious")
+    r = invoke("classify", str(photos), "--format", "json", "-o", str(out), model=model_path)
+    assert r.exit_code == 2 and "already exists; use --force" in r.stderr
+    assert out.read_text() == "precious"
+    r = invoke("classify", str(photos), "--format", "json", "-o", str(out), "--force",
+               model=model_path)
+    assert r.exit_code == 1
+    assert r.stdout == ""
+    assert len(json.loads(out.read_text())) == 4
+    assert sorted(os.listdir(tmp_path)) == ["photos", "results.json"]  # no temp file left
+
+
+def test_output_written_atomically_even_when_the_run_dies(photos, model_path, tmp_path,
+                                                          monkeypatch):
+    out = tmp_path / "results.csv"
+    out.write_text("old results")
+
+    def explode(self, *args, **kwargs):
+        yield from ()
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(classifier_module.Classifier, "analyze_iter", explode)
+    r = CliRunner().invoke(cli, ["classify", str(photos), "--format", "csv", "-o", str(out),
+                                 "--force", "--model", str(model_path)])
+    assert r.exit_code == 1
+    assert "internal error (RuntimeError: disk on fire); run again with --debug" in r.stderr
+    assert "Traceback" not in r.output
+    assert out.read_text() == "old results"
+    assert sorted(os.listdir(tmp_path)) == ["photos", "results.csv"]
+    r = CliRunner().invoke(cli, ["classify", str(photos), "--debug", "--model", str(model_path)])
+    assert isinstance(r.exception, RuntimeError)
+
+
+def test_output_may_not_be_an_input(photos, model_path):
+    target = photos / "a.png"
+    r = invoke("classify", str(target), "-o", str(target), "--force", model=model_path)
+    assert r.exit_code == 2 and "is also an input" in r.stderr
+
+
+def test_output_into_a_missing_folder_is_a_usage_error(photos, model_path, tmp_path):
+    r = invoke("classify", str(photos), "-o", str(tmp_path / "no" / "r.json"), model=model_path)
+    assert r.exit_code == 2 and "does not exist" in r.stderr
+
+
+def test_progress_only_when_asked_or_on_a_terminal(photos, model_path):
+    quiet = invoke("classify", str(photos), "--batch-size", "1", model=model_path)
+    assert "classifying" not in quiet.stderr  # CliRunner's stderr is not a TTY
+    shown = invoke("classify", str(photos), "--progress", model=model_path)
+    assert "classifying 4/4 (100%)" in shown.stderr
+    assert "classifying" not in shown.stdout
+
+
+def test_verbose_reports_skipped_files_and_summary(photos, model_path):
+    r = invoke("classify", str(photos), "-v", model=model_path)
+    assert "4 files to classify; 1 skipped" in r.stderr
+    assert "4 images, 3 faces, 1 failed, 1 skipped" in r.stderr
+    r = invoke("classify", str(photos), "-vv", model=model_path)
+    assert "skipped " + str(photos / "notes.txt") in r.stderr
+
+
+def test_empty_folder_warns_and_succeeds(tmp_path, model_path):
+    r = invoke("classify", str(tmp_path), "--format", "json", model=model_path)
+    assert r.exit_code == 0 and json.loads(r.stdout) == []
+    assert "no image files found" in r.stderr
+
+
+def test_default_model_missing_is_reported_not_crashed(photos, monkeypatch, tmp_path):
+    monkeypatch.setattr(classifier_module, "DEFAULT_MODEL", tmp_path / "none.onnx")
+    r = invoke("classify", str(photos))
+    assert r.exit_code == 1 and "default model is not installed" in r.stderr
+
+
+# -- faces ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_faces(monkeypatch):
+    """fer_edge.faces finding two boxes in any image larger than 60 px."""
+    import fer_edge.faces as faces
+
+    monkeypatch.setattr(faces, "needs_detection",
+                        lambda image, mode: mode == "on" or (mode == "auto" and image.width > 60))
+    monkeypatch.setattr(faces, "detect_faces", lambda image: [
+        faces.FaceBox(10, 10, 30, 30, 1.5), faces.FaceBox(50, 20, 40, 40, 0.5)])
+    monkeypatch.setattr(faces, "crop_face",
+                        lambda image, b: image.crop((b.x, b.y, b.x + b.w, b.y + b.h)))
+
+
+def test_faces_in_json_and_csv(tmp_path, model_path, two_faces):
+    Image.new("RGB", (120, 80), (90, 90, 90)).save(tmp_path / "group.png")
+    Image.new("L", (48, 48), 90).save(tmp_path / "crop.png")
+    r = invoke("classify", str(tmp_path), "--format", "json", model=model_path)
+    assert r.exit_code == 0
+    crop, group = json.loads(r.stdout)
+    assert not crop["detected"] and len(crop["faces"]) == 1
+    assert group["detected"] and [f["box"] for f in group["faces"]] == [[10, 10, 30, 30],
+                                                                        [50, 20, 40, 40]]
+    assert group["faces"][0]["detection_score"] == 1.5
+    assert group["label"] == group["faces"][1]["label"]  # the larger face
+    r = invoke("classify", str(tmp_path), "--format", "csv", model=model_path)
+    rows = list(csv.DictReader(io.StringIO(r.stdout)))
+    assert [(Path(x["path"]).name, x["face"]) for x in rows] == [
+        ("crop.png", "0"), ("group.png", "0"), ("group.png", "1")]
+    r = invoke("classify", str(tmp_path), "--faces", "off", "--format", "jsonl", model=model_path)
+    assert all(not json.loads(line)["detected"] for line in r.stdout.splitlines())
+
+
+def test_no_face_is_a_row_with_empty_label(tmp_path, model_path, monkeypatch):
+    import fer_edge.faces as faces
+
+    monkeypatch.setattr(faces, "detect_faces", lambda image: [])
+    Image.new("RGB", (300, 200)).save(tmp_path / "landscape.png")
+    r = invoke("classify", str(tmp_path), "--format", "csv", model=model_path)
+    assert r.exit_code == 0
+    [row] = list(csv.DictReader(io.StringIO(r.stdout)))
+    assert row["label"] == "" and row["error"] == "" and row["detected"] == "1"
+    r = invoke("classify", str(tmp_path), model=model_path)
+    assert "(no face)" in r.stdout
+
+
+def test_annotate_writes_copies_and_never_touches_inputs(photos, model_path, tmp_path):
+    before = {p: p.read_bytes() for p in photos.rglob("*") if p.is_file()}
+    out = tmp_path / "annotated"
+    r = invoke("classify", str(photos), "--annotate", str(out), model=model_path)
+    assert r.exit_code == 1  # the broken file
+    assert sorted(p.name for p in out.iterdir()) == ["a.annotated.png", "b.annotated.png",
+                                                     "c.annotated.png"]
+    assert {p: p.read_bytes() for p in photos.rglob("*") if p.is_file()} == before
+    # A second run keeps the first run's copies.
+    invoke("classify", str(photos), "--annotate", str(out), model=model_path)
+    assert len(list(out.iterdir())) == 6
+
+
+def test_annotate_into_a_file_is_a_usage_error(photos, model_path):
+    r = invoke("classify", str(photos), "--annotate", str(photos / "a.png"), model=model_path)
+    assert r.exit_code == 2
+
+
+def test_real_photo_with_real_face_detection(tmp_path, model_path):
+    data = pytest.importorskip("skimage.data")
+    pytest.importorskip("cv2")
+    Image.fromarray(data.astronaut()).save(tmp_path / "astronaut.jpg")
+    r = invoke("classify", str(tmp_path / "astronaut.jpg"), "--format", "json",
+               "--annotate", str(tmp_path / "out"), model=model_path)
+    assert r.exit_code == 0, r.stderr
+    [record] = json.loads(r.stdout)
+    assert record["detected"] and len(record["faces"]) >= 1 and record["label"] in LABELS2
+    assert (tmp_path / "out" / "astronaut.annotated.png").is_file()
+
+
+# -- info, version, the installed entry point ------------------------------------------
+
+
+def test_info_shows_metadata_providers_and_version(model7_path):
+    r = invoke("info", model=model7_path)
+    assert r.exit_code == 0
+    assert f"fer-edge:     {fer_edge.__version__}" in r.stdout
+    assert "labels:       angry, disgust, fear, happy, neutral, sad, surprise" in r.stdout
+    assert "providers:" in r.stdout and "running on:   CPUExecutionProvider" in r.stdout
+    r = invoke("info", "--json", model=model7_path)
+    d = json.loads(r.stdout)
+    assert d["model"]["preprocess"]["input_size"] == 48 and d["provider"]
+
+
+def test_info_without_a_model_still_lists_providers(monkeypatch, tmp_path):
+    monkeypatch.setattr(classifier_module, "DEFAULT_MODEL", tmp_path / "none.onnx")
+    r = invoke("info")
+    assert r.exit_code == 1
+    assert "CPUExecutionProvider" in r.stdout and "default model is not installed" in r.stderr
+
+
+def test_version():
+    r = invoke("--version")
+    assert r.exit_code == 0 and r.stdout == f"fer-edge {fer_edge.__version__}\n"
+
+
+def test_help_documents_exit_status():
+    r = invoke("classify", "--help")
+    assert "Exit status:" in r.stdout and "2  usage error" in r.stdout
+
+
+def test_real_process_exit_codes(photos, model_path):
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "fer_edge", *args], capture_output=True,
+                              text=True, cwd=REPO, timeout=300)
+
+    assert run("classify", str(photos / "a.png"), "--model", str(model_path)).returncode == 0
+    failed = run("classify", str(photos), "--model", str(model_path))
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr
+    assert run("classify", "--format", "xml", str(photos)).returncode == 2
+    assert run("--version").stdout.strip() == f"fer-edge {fer_edge.__version__}"
+
+
+def test_real_fer2013_crops_are_classified_whole(fer_data, model7_path):
+    files = sorted((fer_data / "val" / "happy").glob("*.jpg"))[:20]
+    assert len(files) == 20
+    r = invoke("classify", *map(str, files), "--format", "jsonl", model=model7_path)
+    assert r.exit_code == 0, r.stderr
+    records = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(records) == 20
+    # 48x48 face crops: --faces auto classifies them whole, no detection needed.
+    assert all((x["width"], x["height"], x["detected"]) == (48, 48, False) for x in records)
+    assert len({round(x["score"], 6) for x in records}) > 1

@@ -1,0 +1,233 @@
+"""export/: checkpoint -> verified ONNX file with fer-edge metadata.
+
+Tiny randomly initialised 32 px checkpoints and generated image folders keep
+these fast on a CPU; nothing here needs the FER-2013 data.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from export import ExportConfig, ExportError, OutputExistsError, QuantConfig, export_checkpoint
+from export.__main__ import main as export_main
+from export.evaluate import stratified_sample
+from export.onnx_export import load_checkpoint_model, strip_softmax
+from export.variants import select_nodes, squeeze_excite_convs
+from fer_edge.metadata import ModelInfo
+from train.checkpoint import CheckpointError
+
+CLASSES3 = ["happy", "neutral", "sad"]
+CLASSES7 = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
+
+
+def _factory():
+    name = "fer_edge_test_checkpoint_factory"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("checkpoint_factory.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+factory = _factory()
+
+
+@pytest.fixture(scope="module")
+def ckpt3(tmp_path_factory) -> Path:
+    return factory.make_checkpoint(tmp_path_factory.mktemp("ckpt3") / "best.pt", CLASSES3)
+
+
+@pytest.fixture(scope="module")
+def data3(tmp_path_factory) -> Path:
+    return factory.make_image_folder(tmp_path_factory.mktemp("data3"), CLASSES3)
+
+
+@pytest.fixture(scope="module")
+def fp32_export(ckpt3, data3, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fp32") / "model.onnx"
+    report = export_checkpoint(ExportConfig(checkpoint=ckpt3, out=out, data=data3, threads=1,
+                                            model_version="test-1"))
+    return out, report
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_graph_outputs_logits_with_dynamic_batch(fp32_export):
+    out, _ = fp32_export
+    graph = onnx.load(out)
+    assert not {n.op_type for n in graph.graph.node} & {"Softmax", "LogSoftmax"}
+    s = _session(out)
+    assert [i.name for i in s.get_inputs()] == ["input"] and [o.name for o in s.get_outputs()] == ["logits"]
+    for batch in (1, 5):
+        y = s.run(None, {"input": np.zeros((batch, 3, 32, 32), np.float32)})[0]
+        assert y.shape == (batch, 3)
+
+
+def test_metadata_round_trips_into_fer_edge(fp32_export, ckpt3):
+    out, report = fp32_export
+    info = ModelInfo.from_props(_session(out).get_modelmeta().custom_metadata_map)
+    assert info == report.info
+    assert info.labels == CLASSES3
+    assert info.preprocess.input_size == 32 and info.preprocess.mean == (0.5, 0.5, 0.5)
+    assert (info.precision, info.tta, info.model_version) == ("fp32", "none", "test-1")
+    assert info.model_name == "efficientnet_b0" and info.exporter_version and info.export_date
+    # With data given, the stored figures are measured on the ONNX graph, not copied from the checkpoint.
+    assert info.val_accuracy == pytest.approx(report.val["fp32"].accuracy)
+    assert "onnx" in info.extra["val_source"]
+    assert info.extra["checkpoint_sha256"] and info.extra["opset"] >= 17
+
+
+def test_parity_with_pytorch(fp32_export, ckpt3):
+    out, report = fp32_export
+    assert all(p.passed for p in report.parity)
+    assert report.parity[0].inputs == "val images"
+    model = load_checkpoint_model(ckpt3).model
+    x = np.random.default_rng(1).uniform(-1, 1, (6, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    got = _session(out).run(None, {"input": x})[0]
+    assert np.abs(ref - got).max() <= 1e-4
+    assert ref.std(axis=0).max() > 1e-3, "logits must depend on the input, or parity proves nothing"
+    assert (ref.argmax(1) == got.argmax(1)).all()
+
+
+def test_summary_names_nodes_size_and_parity(fp32_export):
+    text = fp32_export[1].summary()
+    assert "simplified" in text and "MB" in text and "parity OK" in text and "val fp32" in text
+
+
+def test_flip_tta_averages_image_and_mirror(ckpt3, tmp_path):
+    out = tmp_path / "tta.onnx"
+    report = export_checkpoint(ExportConfig(checkpoint=ckpt3, out=out, tta="flip", threads=1))
+    assert report.info.tta == "flip" and report.parity[0].inputs == "random inputs"
+    model = load_checkpoint_model(ckpt3).model
+    x = np.random.default_rng(2).uniform(-1, 1, (3, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        t = torch.from_numpy(x)
+        ref = ((model(t) + model(t.flip(-1))) / 2).numpy()
+    assert np.abs(_session(out).run(None, {"input": x})[0] - ref).max() <= 1e-4
+
+
+def test_seven_class_model_loads_in_classifier(tmp_path):
+    ckpt = factory.make_checkpoint(tmp_path / "best.pt", CLASSES7, input_size=48)
+    out = tmp_path / "seven.onnx"
+    export_checkpoint(ExportConfig(checkpoint=ckpt, out=out, threads=1))
+    fer_edge = pytest.importorskip("fer_edge")
+    if not hasattr(fer_edge, "Classifier"):
+        pytest.skip("fer_edge.Classifier not available")
+    clf = fer_edge.Classifier(out, providers="cpu")
+    assert clf.labels == CLASSES7
+    pred = clf.predict(np.full((48, 48), 128, np.uint8))
+    assert list(pred.probabilities) == CLASSES7
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_reduced_precision_variants_load_and_run(precision, ckpt3, data3, tmp_path):
+    out = tmp_path / f"{precision}.onnx"
+    report = export_checkpoint(ExportConfig(
+        checkpoint=ckpt3, out=out, data=data3, precision=precision, calib_images=8, threads=1,
+        quant=QuantConfig(calibrate_method="minmax")))
+    info = ModelInfo.from_props(_session(out).get_modelmeta().custom_metadata_map)
+    assert info.precision == precision
+    assert set(report.val) == {"fp32", precision}
+    assert report.parity[-1].what == f"onnx {precision} vs onnx fp32"
+    y = _session(out).run(None, {"input": np.random.default_rng(0).uniform(-1, 1, (4, 3, 32, 32)).astype(np.float32)})[0]
+    assert y.shape == (4, 3) and np.isfinite(y).all()
+    ops = {n.op_type for n in onnx.load(out).graph.node}
+    assert ("QLinearConv" in ops) if precision == "int8" else ("Cast" in ops)
+
+
+def test_int8_needs_calibration_data(ckpt3, tmp_path):
+    with pytest.raises(ValueError, match="calibration"):
+        export_checkpoint(ExportConfig(checkpoint=ckpt3, out=tmp_path / "q.onnx", precision="int8"))
+
+
+def test_bad_choices_list_the_valid_ones(ckpt3, tmp_path):
+    with pytest.raises(ValueError, match="fp32"):
+        export_checkpoint(ExportConfig(checkpoint=ckpt3, out=tmp_path / "m.onnx", precision="int4"))
+    with pytest.raises(ValueError, match="17"):
+        export_checkpoint(ExportConfig(checkpoint=ckpt3, out=tmp_path / "m.onnx", opset=11))
+    with pytest.raises(ValueError, match="pointwise"):
+        QuantConfig(scope="everything").validate()
+
+
+def test_corrupted_checkpoint_fails_clearly(tmp_path, capsys):
+    bad = tmp_path / "best.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="best.pt"):
+        export_checkpoint(ExportConfig(checkpoint=bad, out=tmp_path / "m.onnx"))
+    assert export_main([str(bad), "--out", str(tmp_path / "m.onnx")]) == 2
+    assert "not a readable checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_checkpoint_not_fitting_its_config_fails_clearly(tmp_path):
+    ckpt = factory.make_checkpoint(tmp_path / "best.pt", CLASSES7, num_outputs=3)
+    with pytest.raises(CheckpointError, match="do not fit"):
+        export_checkpoint(ExportConfig(checkpoint=ckpt, out=tmp_path / "m.onnx"))
+
+
+def test_out_is_not_overwritten_without_force(ckpt3, tmp_path, capsys):
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"keep me")
+    with pytest.raises(OutputExistsError, match="--force"):
+        export_checkpoint(ExportConfig(checkpoint=ckpt3, out=out, threads=1))
+    assert export_main([str(ckpt3), "--out", str(out), "--threads", "1"]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert out.read_bytes() == b"keep me"
+    assert export_main([str(ckpt3), "--out", str(out), "--threads", "1", "--force"]) == 0
+    assert "parity OK" in capsys.readouterr().out
+    assert ModelInfo.from_props(_session(out).get_modelmeta().custom_metadata_map).labels == CLASSES3
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_failed_parity_writes_nothing(ckpt3, tmp_path, monkeypatch):
+    import export.onnx_export as ox
+
+    real = ox.torch_logits
+    monkeypatch.setattr(ox, "torch_logits", lambda model, x: real(model, x) + 1e-2)
+    out = tmp_path / "model.onnx"
+    with pytest.raises(ExportError, match="parity"):
+        export_checkpoint(ExportConfig(checkpoint=ckpt3, out=out, threads=1))
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_strip_softmax_removes_trailing_softmax(ckpt3):
+    model = load_checkpoint_model(ckpt3).model
+    model.classifier.append(torch.nn.Softmax(dim=1))
+    assert strip_softmax(model) == 1
+    assert not isinstance(model.classifier[-1], torch.nn.Softmax)
+
+
+def test_quantization_scopes_follow_b0_structure(fp32_export):
+    graph = onnx.load(fp32_export[0])
+    # B0: 1 stem + 16 depthwise + 32 squeeze-excitation + 32 pointwise (15 expand, 16 project, head).
+    assert len(select_nodes(graph, "conv")) == 81
+    assert len(squeeze_excite_convs(graph)) == 32
+    assert len(select_nodes(graph, "pointwise")) == 32
+    assert len(select_nodes(graph, "dense")) == 33
+
+
+def test_quant_recipe_labels_round_trip():
+    q = QuantConfig(format="qdq", scope="conv", calibrate_method="entropy", per_channel=False,
+                    activation_type="s8", weight_type="s8", reduce_range=True)
+    assert QuantConfig.from_label(q.label()) == q
+    with pytest.raises(ValueError, match="form"):
+        QuantConfig.from_label("qdq/conv")
+
+
+def test_stratified_sample_covers_every_class():
+    labels = np.array([0] * 50 + [1] * 3 + [2] * 20)
+    idx = stratified_sample(labels, 9, seed=0)
+    assert len(set(idx)) == 9 and set(np.bincount(labels[idx])) == {3}
