@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--int8-percentile", type=float, default=q.percentile)
     g.add_argument("--int8-per-tensor", action="store_true", help="one weight scale per tensor")
     g.add_argument("--int8-reduce-range", action="store_true")
+    g.add_argument("--int8-float-ends", action="store_true",
+                   help="keep the stem conv and the classifier in float")
     g.add_argument("--int8-activations", choices=INT8_TYPES, default=q.activation_type)
     g.add_argument("--int8-weights", choices=INT8_TYPES, default=q.weight_type)
     return p
@@ -60,6 +62,7 @@ def config_from_args(a: argparse.Namespace) -> ExportConfig:
         format=a.int8_format, scope=a.int8_scope, calibrate_method=a.int8_calibration,
         percentile=a.int8_percentile, per_channel=not a.int8_per_tensor,
         reduce_range=a.int8_reduce_range, activation_type=a.int8_activations, weight_type=a.int8_weights,
+        keep_ends_float=a.int8_float_ends,
     )
     return ExportConfig(
         checkpoint=a.checkpoint, out=a.out, data=a.data, precision=a.precision, opset=a.opset,

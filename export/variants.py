@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 
 QUANT_FORMATS = ("qoperator", "qdq")
-QUANT_SCOPES = ("all", "conv", "dense", "pointwise")
+QUANT_SCOPES = ("all", "all-but-se", "conv", "dense", "pointwise")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 INT8_TYPES = ("u8", "s8")
 
@@ -39,7 +39,9 @@ class QuantConfig:
         format: ``qoperator`` (QLinearConv etc.) or ``qdq`` (QuantizeLinear /
             DequantizeLinear pairs that ONNX Runtime fuses at load time).
         scope: Which nodes are quantized. ``all``: every op ONNX Runtime can
-            quantize (incl. Sigmoid, Mul, Add, pooling); ``conv``: every Conv,
+            quantize (incl. Sigmoid, Mul, Add, pooling); ``all-but-se``: the
+            same outside squeeze-excitation (its convs and activations on
+            1x1 maps cost little in float); ``conv``: every Conv,
             the rest stays float; ``dense``: group-1 Convs outside
             squeeze-excitation (stem, 1x1 expand/project, head); ``pointwise``:
             only the 1x1 group-1 Convs outside squeeze-excitation.
@@ -49,6 +51,8 @@ class QuantConfig:
         reduce_range: 7-bit weights (avoids int16 overflow on CPUs without VNNI).
         activation_type: ``u8`` or ``s8`` activations.
         weight_type: ``u8`` or ``s8`` weights.
+        keep_ends_float: Leave the stem Conv and the classifier in float
+            (the layers most sensitive to quantization in small nets).
         calib_batch: Images per calibration forward pass.
     """
 
@@ -60,6 +64,7 @@ class QuantConfig:
     reduce_range: bool = False
     activation_type: str = "u8"
     weight_type: str = "s8"
+    keep_ends_float: bool = False
     calib_batch: int = 16
 
     def validate(self) -> None:
@@ -86,14 +91,16 @@ class QuantConfig:
             ValueError: malformed label; names the expected form.
         """
         parts = label.strip().split("/")
-        form = "FORMAT/SCOPE/CALIBRATION/per-channel|per-tensor/{u8|s8}{u8|s8}[/reduce-range]"
-        if len(parts) not in (5, 6) or (len(parts) == 6 and parts[5] != "reduce-range"):
-            raise ValueError(f"int8 recipe {label!r} is not of the form {form}")
-        if parts[3] not in ("per-channel", "per-tensor") or len(parts[4]) != 4:
+        form = ("FORMAT/SCOPE/CALIBRATION/per-channel|per-tensor/{u8|s8}{u8|s8}"
+                "[/reduce-range][/float-ends]")
+        flags = parts[5:]
+        if (len(parts) < 5 or parts[3] not in ("per-channel", "per-tensor") or len(parts[4]) != 4
+                or not set(flags) <= {"reduce-range", "float-ends"} or len(set(flags)) != len(flags)):
             raise ValueError(f"int8 recipe {label!r} is not of the form {form}")
         cfg = cls(format=parts[0], scope=parts[1], calibrate_method=parts[2],
                   per_channel=parts[3] == "per-channel", activation_type=parts[4][:2],
-                  weight_type=parts[4][2:], reduce_range=len(parts) == 6)
+                  weight_type=parts[4][2:], reduce_range="reduce-range" in flags,
+                  keep_ends_float="float-ends" in flags)
         cfg.validate()
         return cfg
 
@@ -102,8 +109,8 @@ class QuantConfig:
         parts = [self.format, self.scope, self.calibrate_method,
                  "per-channel" if self.per_channel else "per-tensor",
                  f"{self.activation_type}{self.weight_type}"]
-        if self.reduce_range:
-            parts.append("reduce-range")
+        parts += [flag for flag, on in (("reduce-range", self.reduce_range),
+                                         ("float-ends", self.keep_ends_float)) if on]
         return "/".join(parts)
 
 
@@ -133,67 +140,79 @@ def _attr(node: onnx.NodeProto, name: str, default):
     return default
 
 
-def squeeze_excite_convs(model: onnx.ModelProto) -> set[str]:
-    """Names of the Convs inside squeeze-excitation blocks.
+def squeeze_excite_nodes(model: onnx.ModelProto) -> set[str]:
+    """Names of the nodes inside squeeze-excitation blocks: their Convs and activations.
 
     Structural, not shape-based (at small inputs the last stages are 1x1 too):
-    a Conv is SE when every path back from its input, through activations,
-    ends at a global pool or at another SE Conv. The projection Conv after
-    the gate sees ``dw_activation * gate`` and so counts as main path.
+    a node is SE when every path back from its inputs, through activations,
+    ends at a global pool or at another SE node. The gate ``x * sigmoid(...)``
+    and the projection Conv after it see the main path, so they are not SE.
+    Relies on ONNX's topological node order.
     """
     producer = {out: n for n in model.graph.node for out in n.output}
     initializers = {i.name for i in model.graph.initializer}
     se: set[str] = set()
-    memo: dict[str, frozenset[str]] = {}
 
-    def origins(tensor: str) -> frozenset[str]:
-        if tensor not in memo:
-            node = producer.get(tensor)
-            if node is None:
-                memo[tensor] = frozenset({"main"})
-            elif node.op_type in _POOL_OPS:
-                memo[tensor] = frozenset({"pool"})
-            elif node.op_type == "Conv":
-                memo[tensor] = frozenset({"se" if node.name in se else "main"})
-            elif node.op_type in _ACTIVATION_OPS:
-                found: set[str] = set()
-                for t in node.input:
-                    if t and t not in initializers:
-                        found |= origins(t)
-                memo[tensor] = frozenset(found or {"main"})
+    def origins(node: onnx.NodeProto) -> set[str]:
+        found: set[str] = set()
+        for tensor in node.input:
+            if not tensor or tensor in initializers:
+                continue
+            src = producer.get(tensor)
+            if src is None:
+                found.add("main")
+            elif src.op_type in _POOL_OPS:
+                found.add("pool")
             else:
-                memo[tensor] = frozenset({"main"})
-        return memo[tensor]
+                found.add("se" if src.name in se else "main")
+        return found
 
-    for node in model.graph.node:  # topological order: producers come first
-        if node.op_type == "Conv" and origins(node.input[0]) <= {"pool", "se"}:
+    for node in model.graph.node:
+        if node.op_type in ("Conv", *_ACTIVATION_OPS) and origins(node) <= {"pool", "se"}:
             se.add(node.name)
     return se
 
 
-def select_nodes(model: onnx.ModelProto, scope: str) -> list[str]:
+def squeeze_excite_convs(model: onnx.ModelProto) -> set[str]:
+    """Names of the Convs inside squeeze-excitation blocks (see :func:`squeeze_excite_nodes`)."""
+    se = squeeze_excite_nodes(model)
+    return {n.name for n in model.graph.node if n.op_type == "Conv" and n.name in se}
+
+
+def end_nodes(model: onnx.ModelProto) -> set[str]:
+    """The stem Conv (reads the graph input) and the classifier Gemm/MatMul nodes."""
+    graph_inputs = {i.name for i in model.graph.input}
+    stem = {n.name for n in model.graph.node if n.op_type == "Conv" and n.input[0] in graph_inputs}
+    # The TTA wrapper puts a Concat between input and stem: take the first Conv then.
+    first_conv = next((n.name for n in model.graph.node if n.op_type == "Conv"), None)
+    head = {n.name for n in model.graph.node if n.op_type in ("Gemm", "MatMul")}
+    return (stem or ({first_conv} if first_conv else set())) | head
+
+
+def select_nodes(model: onnx.ModelProto, scope: str, keep_ends_float: bool = False) -> list[str]:
     """Names of the nodes to quantize for ``scope`` (see :class:`QuantConfig`).
 
-    ``all`` returns every node: the quantizer itself skips ops it cannot handle.
+    ``all`` returns every node (the quantizer itself skips ops it cannot
+    handle); ``all-but-se`` every node outside squeeze-excitation.
     """
     if scope not in QUANT_SCOPES:
         raise ValueError(f"int8 scope {scope!r} is not one of {QUANT_SCOPES}")
     ensure_node_names(model)
-    if scope == "all":
-        return [n.name for n in model.graph.node]
-    se = squeeze_excite_convs(model)
+    se = squeeze_excite_nodes(model)
+    skip = end_nodes(model) if keep_ends_float else set()
     chosen = []
     for node in model.graph.node:
-        if node.op_type != "Conv":
+        if node.name in skip:
             continue
-        squeeze_excite = node.name in se
         group = _attr(node, "group", 1)
         kernel = list(_attr(node, "kernel_shape", []))
-        if scope == "conv":
-            chosen.append(node.name)
-        elif scope == "dense" and group == 1 and not squeeze_excite:
-            chosen.append(node.name)
-        elif scope == "pointwise" and group == 1 and not squeeze_excite and kernel == [1, 1]:
+        is_conv = node.op_type == "Conv"
+        if (scope == "all"
+                or (scope == "all-but-se" and node.name not in se)
+                or (scope == "conv" and is_conv)
+                or (scope == "dense" and is_conv and group == 1 and node.name not in se)
+                or (scope == "pointwise" and is_conv and group == 1 and node.name not in se
+                    and kernel == [1, 1])):
             chosen.append(node.name)
     return chosen
 
@@ -217,21 +236,24 @@ def to_int8(model: onnx.ModelProto, calibration: np.ndarray, cfg: QuantConfig,
     cfg.validate()
     if len(calibration) == 0:
         raise ValueError("int8 needs calibration images; got none")
+    batch = min(cfg.calib_batch, len(calibration))
+    # ORT's histogram calibrators stack per-batch outputs: every batch must have the same size.
+    calibration = calibration[: len(calibration) // batch * batch]
 
     class _Reader(CalibrationDataReader):
-        """Feeds the calibration array in batches."""
+        """Feeds the calibration array in equal batches."""
 
         def __init__(self) -> None:
-            self._batches = iter(
-                [{input_name: calibration[i : i + cfg.calib_batch]}
-                 for i in range(0, len(calibration), cfg.calib_batch)]
-            )
+            self._batches = iter([{input_name: calibration[i : i + batch]}
+                                  for i in range(0, len(calibration), batch)])
 
         def get_next(self) -> dict | None:
             return next(self._batches, None)
 
     model = onnx.ModelProto.FromString(model.SerializeToString())
-    nodes = select_nodes(model, cfg.scope)
+    chosen = set(select_nodes(model, cfg.scope, cfg.keep_ends_float))
+    excluded = [n.name for n in model.graph.node if n.name not in chosen]
+    conv_only = cfg.scope in ("conv", "dense", "pointwise")
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[cfg.calibrate_method]
     qtype = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
@@ -242,8 +264,8 @@ def to_int8(model: onnx.ModelProto, calibration: np.ndarray, cfg: QuantConfig,
         quantize_static(
             src, dst, _Reader(),
             quant_format=QuantFormat.QOperator if cfg.format == "qoperator" else QuantFormat.QDQ,
-            op_types_to_quantize=None if cfg.scope == "all" else ["Conv"],
-            nodes_to_quantize=None if cfg.scope == "all" else nodes,
+            op_types_to_quantize=["Conv"] if conv_only else None,
+            nodes_to_exclude=excluded,
             per_channel=cfg.per_channel,
             reduce_range=cfg.reduce_range,
             activation_type=qtype[cfg.activation_type],

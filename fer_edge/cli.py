@@ -30,7 +30,7 @@ import click
 
 from . import __version__
 from .classifier import FACE_MODES, Classifier
-from .errors import FerEdgeError, ProviderError
+from .errors import DependencyError, FerEdgeError, ProviderError
 from .files import display_path, find_images, printable
 from .output import FORMATS, OutputError, atomic_output, check_output_path, error_line, make_writer
 from .providers import available_providers, ort_version, resolve_providers
@@ -326,7 +326,11 @@ def classify(ctx: click.Context, paths: tuple[Path, ...], fmt: str, output: Path
     _setup_logging(verbose)
     opts = ClassifyOptions(fmt, output, force, faces, annotate, progress)
     with _user_errors(debug):
-        code = run_classify(paths, opts, ModelOptions(model, provider, threads, batch_size))
+        try:
+            code = run_classify(paths, opts, ModelOptions(model, provider, threads, batch_size))
+        except DependencyError as exc:
+            raise DependencyError(f"{exc}; or pass --faces off to classify each image "
+                                  "whole") from None
     ctx.exit(code)
 
 

@@ -107,11 +107,16 @@ def _describe(source: object) -> str:
 def _open_path(path: Path) -> Image.Image:
     """Open and fully decode an image file, refusing bombs before decoding."""
     name = os.fsdecode(path)
-    if path.is_dir():
-        raise ImageError(f"{name}: is a directory, not an image")
-    if not path.exists():
-        raise ImageError(f"{name}: no such file")
     try:
+        # Inside the try: stat() itself fails with EACCES in a folder we may not search.
+        if path.is_dir():
+            raise ImageError(f"{name}: is a directory, not an image")
+        if not path.exists():
+            reason = "broken or looping symbolic link" if path.is_symlink() else "no such file"
+            raise ImageError(f"{name}: {reason}")
+        if not path.is_file():
+            # A FIFO or device would block or never end when read.
+            raise ImageError(f"{name}: not a regular file")
         if path.stat().st_size == 0:
             raise ImageError(f"{name}: empty file")
         img = Image.open(path)

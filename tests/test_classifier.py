@@ -446,7 +446,7 @@ def test_public_api_is_exported():
                  "ModelInfo", "ImageError", "ModelError", "FerEdgeError", "__version__"):
         assert hasattr(fer_edge, name), name
     assert issubclass(fer_edge.ImageError, fer_edge.FerEdgeError)
-    assert ImageResult and FaceResult
+    assert fer_edge.ImageResult is ImageResult and fer_edge.FaceResult is FaceResult
 
 
 def test_importing_and_running_fer_edge_never_imports_torch(model_path):

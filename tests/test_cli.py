@@ -326,3 +326,20 @@ def test_real_fer2013_crops_are_classified_whole(fer_data, model7_path):
     # 48x48 face crops: --faces auto classifies them whole, no detection needed.
     assert all((x["width"], x["height"], x["detected"]) == (48, 48, False) for x in records)
     assert len({round(x["score"], 6) for x in records}) > 1
+
+
+def test_missing_opencv_says_what_to_install(tmp_path, model_path, monkeypatch):
+    import fer_edge.faces as faces
+    from fer_edge.errors import DependencyError
+
+    def no_cv2(image):
+        raise DependencyError("face detection needs OpenCV: pip install 'fer-edge[detect]'")
+
+    monkeypatch.setattr(faces, "detect_faces", no_cv2)
+    Image.new("RGB", (640, 480)).save(tmp_path / "photo.jpg")
+    r = invoke("classify", str(tmp_path / "photo.jpg"), model=model_path)
+    assert r.exit_code == 1
+    assert "pip install 'fer-edge[detect]'" in r.stderr and "--faces off" in r.stderr
+    assert "Traceback" not in r.output
+    r = invoke("classify", str(tmp_path / "photo.jpg"), "--faces", "off", model=model_path)
+    assert r.exit_code == 0

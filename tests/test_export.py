@@ -20,7 +20,7 @@ from export import ExportConfig, ExportError, OutputExistsError, QuantConfig, ex
 from export.__main__ import main as export_main
 from export.evaluate import stratified_sample
 from export.onnx_export import load_checkpoint_model, strip_softmax
-from export.variants import select_nodes, squeeze_excite_convs
+from export.variants import end_nodes, select_nodes, squeeze_excite_convs, squeeze_excite_nodes
 from fer_edge.metadata import ModelInfo
 from train.checkpoint import CheckpointError
 
@@ -217,12 +217,21 @@ def test_quantization_scopes_follow_b0_structure(fp32_export):
     assert len(squeeze_excite_convs(graph)) == 32
     assert len(select_nodes(graph, "pointwise")) == 32
     assert len(select_nodes(graph, "dense")) == 33
+    se_nodes = squeeze_excite_nodes(graph)
+    # Per SE block: 2 convs, the SiLU between them (Sigmoid, Mul) and the gate Sigmoid.
+    assert len(se_nodes) == 16 * 5
+    assert len(select_nodes(graph, "all-but-se")) == len(graph.graph.node) - 16 * 5
+    ends = end_nodes(graph)
+    assert {graph.graph.node[0].op_type} <= {"Conv"} and {n.op_type for n in graph.graph.node if n.name in ends} == {"Conv", "Gemm"}
+    assert len(select_nodes(graph, "pointwise", keep_ends_float=True)) == 32
+    assert len(select_nodes(graph, "dense", keep_ends_float=True)) == 32
 
 
 def test_quant_recipe_labels_round_trip():
     q = QuantConfig(format="qdq", scope="conv", calibrate_method="entropy", per_channel=False,
-                    activation_type="s8", weight_type="s8", reduce_range=True)
+                    activation_type="s8", weight_type="s8", reduce_range=True, keep_ends_float=True)
     assert QuantConfig.from_label(q.label()) == q
+    assert QuantConfig.from_label(QuantConfig().label()) == QuantConfig()
     with pytest.raises(ValueError, match="form"):
         QuantConfig.from_label("qdq/conv")
 

@@ -330,7 +330,9 @@ def scratch(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("hypothesis")
 
 
-@pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow complains about corrupt files
+# Pillow warns about corrupt files and huge headers; the property is about exceptions.
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.one_of(st.binary(max_size=512), _mutated()),
        ext=st.sampled_from([".png", ".jpg", ".gif", ".bmp", ".tif", ".webp", ".bin"]))
@@ -346,3 +348,35 @@ def test_arbitrary_bytes_only_ever_raise_fer_edge_errors(data, ext, scratch, cla
         assert abs(sum(prediction.probabilities.values()) - 1) < 1e-6
     finally:
         os.unlink(name)
+
+
+def test_file_in_a_folder_we_may_not_search_is_named(tmp_path, monkeypatch):
+    path = tmp_path / "locked" / "face.png"
+    path.parent.mkdir()
+    Image.new("L", (8, 8)).save(path)
+    # As root, chmod cannot forbid this: make stat() fail the way EACCES would.
+    real_stat = Path.stat
+
+    def stat(self, *args, **kwargs):
+        if self == path:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_stat(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "stat", stat)
+    with pytest.raises(ImageError, match=r"face\.png: permission denied"):
+        load_image(path)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX FIFOs")
+def test_fifo_named_like_an_image_is_refused_not_read(tmp_path):
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    with pytest.raises(ImageError, match=r"pipe\.jpg: not a regular file"):
+        load_image(fifo)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX symlinks")
+def test_looping_symlink_named_explicitly(tmp_path):
+    os.symlink("self.png", tmp_path / "self.png")
+    with pytest.raises(ImageError, match=r"self\.png: broken or looping symbolic link"):
+        load_image(tmp_path / "self.png")

@@ -72,7 +72,7 @@ def test_readme_test_command_is_what_ci_runs():
 
 def test_readme_first_command_classifies_photos():
     assert _readme_block("**1. Install and classify photos with the shipped model**").strip() \
-        == "pip install . && fer-edge classify photos/"
+        == 'pip install ".[detect]" && fer-edge classify photos/'
 
 
 def test_readme_python_example_runs(monkeypatch, tmp_path, make_model):

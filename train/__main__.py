@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import fields
+from pathlib import Path
 
 from .config import HALF, IMAGENET_MEAN, IMAGENET_STD, TrainConfig, parse_classes
 from .model import POOL_CHOICES, WEIGHT_CHOICES
@@ -49,9 +50,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _normalisation_for(weights: str) -> tuple[tuple, tuple]:
+    """Mean/std matching the initial weights' pre-training (a checkpoint keeps its own)."""
+    if weights == "imagenet":
+        return IMAGENET_MEAN, IMAGENET_STD
+    if weights in ("lite0", "none"):
+        return HALF, HALF
+    from .checkpoint import load
+
+    spec = load(Path(weights))["preprocess"]
+    return tuple(spec["mean"]), tuple(spec["std"])
+
+
 def config_from_args(a: argparse.Namespace) -> TrainConfig:
     """Map parsed flags onto :class:`TrainConfig` (normalisation follows --weights)."""
-    mean, std = (HALF, HALF) if a.weights in ("lite0", "none") else (IMAGENET_MEAN, IMAGENET_STD)
+    mean, std = _normalisation_for(a.weights)
     values = {f.name: getattr(a, f.name) for f in fields(TrainConfig) if hasattr(a, f.name)}
     values.update(classes=parse_classes(a.classes), tta=not a.no_tta, mean=mean, std=std)
     return TrainConfig(**values)

@@ -1,0 +1,133 @@
+"""benchmarks/: the --quick path on a tiny exported model and generated images.
+
+These keep the script working; they never assert speed targets (those are
+reported as PASS/MISS by the benchmark itself).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.__main__ import main as bench_main
+from benchmarks.config import BenchConfig
+from benchmarks.latency import LatencyStats
+from benchmarks.quant_sweep import main as sweep_main
+from benchmarks.report import RuntimeResult, target_ort_vs_torch, target_preprocess, target_variant
+from benchmarks.run import run_benchmarks
+from export import ExportConfig, export_checkpoint
+from export.evaluate import EvalResult
+
+CLASSES3 = ["happy", "neutral", "sad"]
+STATUSES = {"PASS", "MISS", "N/A"}
+
+
+def _factory():
+    name = "fer_edge_test_checkpoint_factory"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("checkpoint_factory.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+factory = _factory()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    """A 32 px checkpoint, its fp32 and fp16 exports, and a small image folder."""
+    root = tmp_path_factory.mktemp("bench")
+    data = factory.make_image_folder(root / "data", CLASSES3)
+    ckpt = factory.make_checkpoint(root / "run" / "best.pt", CLASSES3)
+    paths = {"data": data, "ckpt": ckpt}
+    for precision in ("fp32", "fp16"):
+        paths[precision] = root / f"{precision}.onnx"
+        export_checkpoint(ExportConfig(checkpoint=ckpt, out=paths[precision], precision=precision, threads=1))
+    return paths
+
+
+def test_quick_run_prints_table_and_writes_json_and_chart(tiny, tmp_path, capsys):
+    out = tmp_path / "bench"
+    code = bench_main(["--data", str(tiny["data"]), "--checkpoint", str(tiny["ckpt"]), "--model",
+                       str(tiny["fp32"]), str(tiny["fp16"]), "--out", str(out), "--quick", "--threads", "1"])
+    assert code == 0
+    text = capsys.readouterr().out
+    for word in ("Format", "Size MB", "Accuracy", "Macro-F1", "ms/img b1", "ms/img b32", "FPS b32",
+                 "PyTorch", "ONNX fp32", "ONNX fp16"):
+        assert word in text
+    report = json.loads((out / "benchmark.json").read_text())
+    assert [r["name"] for r in report["runtimes"]] == ["PyTorch", "ONNX fp32", "ONNX fp16"]
+    for r in report["runtimes"]:
+        assert [s["batch"] for s in r["latency"]] == [1, 8, 32]
+        assert all(s["median_ms"] > 0 and s["p99_ms"] >= s["median_ms"] for s in r["latency"])
+        assert r["accuracy"]["n"] == 12 and r["threads"] == 1
+        assert r["memory"]["peak_mb"] > 0, r["memory"]
+    assert report["runtimes"][1]["top1_agreement_vs_torch"] == 1.0
+    assert report["runtimes"][0]["speedup_vs_torch"]["1"] == 1.0
+    assert {t["status"] for t in report["targets"]} <= STATUSES and len(report["targets"]) == 3
+    assert report["machine"]["cpu"] and report["machine"]["versions"]["onnxruntime"]
+    assert report["settings"]["threads"] == 1
+    if report["cli"]:  # fer-edge CLI importable: cold start and folder run were timed
+        cli = report["cli"][0]
+        assert cli["cold_start_s"] > 0 and cli["folder_images"] == 12 and cli["preprocess_ms_per_image"] > 0
+    else:
+        assert any("not timed" in n for n in report["notes"])
+    assert (out / "benchmark.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_checkpoint_alone_gets_an_fp32_export(tiny, tmp_path):
+    cfg = BenchConfig(data=tiny["data"], checkpoint=tiny["ckpt"], out=tmp_path, quick=True, threads=1,
+                      batches=(1, 2))
+    report = run_benchmarks(cfg)
+    assert (tmp_path / "models" / "fp32.onnx").is_file()
+    assert [r.kind for r in report.runtimes] == ["torch", "onnx"]
+    assert report.targets[1].status == "N/A"
+
+
+def test_models_of_different_trained_models_are_refused(tiny, tmp_path):
+    other = factory.make_checkpoint(tmp_path / "other.pt", ["angry", "happy"])
+    onnx_other = tmp_path / "other.onnx"
+    export_checkpoint(ExportConfig(checkpoint=other, out=onnx_other, threads=1))
+    cfg = BenchConfig(data=tiny["data"], models=[tiny["fp32"], onnx_other], out=tmp_path / "b", quick=True)
+    with pytest.raises(ValueError, match="not the same model"):
+        run_benchmarks(cfg)
+
+
+def test_nothing_to_benchmark_is_an_error(tiny, tmp_path, capsys):
+    assert bench_main(["--data", str(tiny["data"]), "--out", str(tmp_path)]) == 2
+    assert "--model" in capsys.readouterr().err
+
+
+def _result(name: str, kind: str, precision: str, ms_b1: float, ms_b32: float, acc: float) -> RuntimeResult:
+    lat = [LatencyStats(b, 3, ms, ms, ms, 1000 / ms) for b, ms in ((1, ms_b1), (32, ms_b32))]
+    return RuntimeResult(name, kind, precision, "none", "x", 1.0, 1, lat, EvalResult(acc, acc, 100))
+
+
+def test_targets_pass_and_miss():
+    torch_r = _result("PyTorch", "torch", "fp32", 30.0, 10.0, 0.80)
+    fp32 = _result("ONNX fp32", "onnx", "fp32", 5.0, 3.0, 0.80)
+    fast_but_lossy = _result("ONNX int8", "onnx", "int8", 3.0, 1.0, 0.75)
+    slow_but_exact = _result("ONNX fp16", "onnx", "fp16", 9.0, 6.0, 0.80)
+    assert target_ort_vs_torch([torch_r, fp32], 1).status == "PASS"
+    assert target_ort_vs_torch([torch_r, slow_but_exact], 1).status == "N/A"
+    assert target_variant([fp32, fast_but_lossy, slow_but_exact], 32).status == "MISS"
+    good = _result("ONNX int8", "onnx", "int8", 3.0, 1.5, 0.795)
+    assert target_variant([fp32, good], 32).status == "PASS"
+    assert target_variant([fp32], 32).status == "N/A"
+    assert target_preprocess([], "fer-edge classify not timed").status == "N/A"
+
+
+def test_quant_sweep_runs_a_recipe(tiny, tmp_path, capsys):
+    code = sweep_main([str(tiny["ckpt"]), "--data", str(tiny["data"]), "--out", str(tmp_path),
+                       "--recipe", "qoperator/pointwise/minmax/per-channel/u8s8", "--calib-images", "8",
+                       "--threads", "1", "--min-seconds", "0"])
+    assert code == 0
+    sweep = json.loads((tmp_path / "sweep.json").read_text())
+    assert [r["recipe"] for r in sweep["rows"]] == ["fp32", "qoperator/pointwise/minmax/per-channel/u8s8"]
+    assert "keep" in capsys.readouterr().out
