@@ -178,6 +178,23 @@ def run_session(session, inputs: np.ndarray, batch_size: int = 64) -> np.ndarray
     return np.concatenate(out).astype(np.float32)
 
 
+def median_ms_per_image(session, inputs: np.ndarray, batch: int = 32, calls: int = 10,
+                        warmup: int = 2) -> float:
+    """Median per-image latency of ``session`` at ``batch`` (inputs repeated to fill it)."""
+    import time
+
+    x = np.ascontiguousarray(inputs[np.arange(batch) % len(inputs)])
+    name = session.get_inputs()[0].name
+    for _ in range(warmup):
+        session.run(None, {name: x})
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        session.run(None, {name: x})
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)) * 1000.0 / batch
+
+
 def score(logits: np.ndarray, labels: np.ndarray, classes: list[str]) -> EvalResult:
     """Accuracy and macro-F1 of arg-max predictions."""
     s = summarize(labels, logits.argmax(1), list(classes))

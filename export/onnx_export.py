@@ -43,8 +43,8 @@ from train.model import build_model
 from train.trainer import spec_of
 
 from .evaluate import (EvalResult, LabelledImages, Parity, calibration_inputs, compare,
-                       load_labelled, make_session, random_inputs, run_session, score,
-                       stratified_sample)
+                       load_labelled, make_session, median_ms_per_image, random_inputs, run_session,
+                       score, stratified_sample)
 from .variants import QuantConfig, to_fp16, to_int8
 
 log = logging.getLogger("export")
@@ -135,7 +135,9 @@ class ExportReport:
         fp32_size_bytes: Size of the fp32 graph (for comparison with variants).
         parity: Every parity check, fp32 ones enforced, variant ones reported.
         val: Val metrics per precision (``fp32`` and the variant), when data was given.
-        warnings: Things the user must see (accuracy loss, missing measurements).
+        speed_b32: For a variant, median ms/image at batch 32 of ``fp32`` and of the
+            variant, timed once during export (a hint; ``python -m benchmarks`` measures).
+        warnings: Things the user must see (accuracy loss, no speed-up, missing measurements).
     """
 
     out: Path
@@ -147,6 +149,7 @@ class ExportReport:
     fp32_size_bytes: int
     parity: list[Parity]
     val: dict[str, EvalResult]
+    speed_b32: dict[str, float]
     warnings: list[str]
 
     def summary(self) -> str:
@@ -172,6 +175,9 @@ class ExportReport:
         else:
             src = info.extra.get("val_source", "")
             lines.append(f"  val accuracy {info.val_accuracy} macro-F1 {info.val_macro_f1} ({src})")
+        if self.speed_b32:
+            lines.append("  batch-32 ms/image (rough, timed during export): "
+                         + ", ".join(f"{k} {v:.3f}" for k, v in self.speed_b32.items()))
         lines += [f"WARNING: {w}" for w in self.warnings]
         return "\n".join(lines)
 
@@ -466,6 +472,21 @@ def _variant_val(cfg: ExportConfig, fp32: bytes, variant: bytes | None, val: Lab
     return results
 
 
+def _variant_speed(cfg: ExportConfig, fp32: bytes, variant: bytes | None, inputs: np.ndarray,
+                   report_warnings: list[str]) -> dict[str, float]:
+    """Batch-32 ms/image of fp32 and the variant; warns when the variant is not faster."""
+    if variant is None:
+        return {}
+    speed = {"fp32": median_ms_per_image(make_session(fp32, cfg.threads), inputs),
+             cfg.precision: median_ms_per_image(make_session(variant, cfg.threads), inputs)}
+    if speed[cfg.precision] >= speed["fp32"]:
+        report_warnings.append(
+            f"{cfg.precision} is NOT faster than fp32 at batch 32 here ({speed[cfg.precision]:.3f} vs "
+            f"{speed['fp32']:.3f} ms/image): it only saves file size; confirm with python -m benchmarks"
+        )
+    return speed
+
+
 def export_checkpoint(cfg: ExportConfig) -> ExportReport:
     """Export, verify and write one checkpoint (see the module docstring).
 
@@ -514,6 +535,7 @@ def export_checkpoint(cfg: ExportConfig) -> ExportReport:
 
     report_warnings: list[str] = []
     val_results = _variant_val(cfg, fp32_bytes, variant_bytes, val, report_warnings)
+    speed = _variant_speed(cfg, fp32_bytes, variant_bytes, inputs, report_warnings)
     extra = {
         "opset": cfg.opset,
         "exporter": f"torch.onnx TorchScript exporter (torch {torch.__version__}) + onnxsim",
@@ -523,6 +545,7 @@ def export_checkpoint(cfg: ExportConfig) -> ExportReport:
         "checkpoint_val": {k: loaded.val.get(k) for k in ("accuracy", "macro_f1", "tta", "n")} if loaded.val else None,
         "parity": [p.to_dict() for p in parity],
         "val_by_precision": {k: v.to_dict() for k, v in val_results.items()},
+        "speed_b32_ms_per_image": speed or None,
     }
     if cfg.precision == "int8":
         extra["quantization"] = {**cfg.quant.to_dict(), "calibration_images": cfg.calib_images}
@@ -533,5 +556,6 @@ def export_checkpoint(cfg: ExportConfig) -> ExportReport:
     return ExportReport(
         out=out, info=info, nodes_exported=len(raw.graph.node), nodes_simplified=len(simplified.graph.node),
         nodes_written=len(final.graph.node), size_bytes=out.stat().st_size,
-        fp32_size_bytes=len(fp32_bytes), parity=parity, val=val_results, warnings=report_warnings,
+        fp32_size_bytes=len(fp32_bytes), parity=parity, val=val_results, speed_b32=speed,
+        warnings=report_warnings,
     )

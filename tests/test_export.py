@@ -142,6 +142,7 @@ def test_reduced_precision_variants_load_and_run(precision, ckpt3, data3, tmp_pa
     assert info.precision == precision
     assert set(report.val) == {"fp32", precision}
     assert report.parity[-1].what == f"onnx {precision} vs onnx fp32"
+    assert set(report.speed_b32) == {"fp32", precision} and "batch-32" in report.summary()
     y = _session(out).run(None, {"input": np.random.default_rng(0).uniform(-1, 1, (4, 3, 32, 32)).astype(np.float32)})[0]
     assert y.shape == (4, 3) and np.isfinite(y).all()
     ops = {n.op_type for n in onnx.load(out).graph.node}
