@@ -35,6 +35,7 @@ from torch import nn
 
 import fer_edge
 from fer_edge.metadata import ModelInfo
+from fer_edge.output import current_umask
 from fer_edge.preprocess import PreprocessSpec
 from train import checkpoint as ckpt_io
 from train.checkpoint import CheckpointError
@@ -438,6 +439,8 @@ def write_atomic(data: bytes, out: Path, force: bool) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        # mkstemp makes the file private (0600); a shipped model must be readable by all.
+        os.chmod(tmp, 0o666 & ~current_umask())
         if force:
             os.replace(tmp, out)
         else:

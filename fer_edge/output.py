@@ -168,7 +168,8 @@ def check_output_path(path: Path, force: bool) -> None:
         raise OutputError(f"{name}: folder {display_path(parent)} does not exist")
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process umask (files written via mkstemp get 0o666 minus this)."""
     # os.umask can only be read by setting it; restore at once.
     mask = os.umask(0)
     os.umask(mask)
@@ -205,7 +206,7 @@ def atomic_output(path: Path, force: bool = False) -> Iterator[TextIO]:
             stream.flush()
             os.fsync(stream.fileno())
         # mkstemp makes the file private (0600); give it the usual permissions.
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~current_umask())
         if path.exists() and not force:
             # Someone created it while we were writing: still never overwrite.
             raise OutputError(f"{display_path(path)}: appeared while writing; use --force "

@@ -241,3 +241,11 @@ def test_stratified_sample_covers_every_class():
     labels = np.array([0] * 50 + [1] * 3 + [2] * 20)
     idx = stratified_sample(labels, 9, seed=0)
     assert len(set(idx)) == 9 and set(np.bincount(labels[idx])) == {3}
+
+
+def test_written_model_is_readable_by_everyone(fp32_export):
+    """mkstemp creates 0600 files; a model shipped in a wheel must not keep that."""
+    from fer_edge.output import current_umask
+
+    out, _report = fp32_export
+    assert out.stat().st_mode & 0o777 == 0o666 & ~current_umask()

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from fer_edge.output import current_umask
+
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, corrupt, or not a fer-edge checkpoint."""
@@ -25,6 +27,7 @@ def save_atomic(obj: dict, path: Path) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 would surprise other users
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
