@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .latency import TimingPlan
+
 BATCH_SIZES = (1, 8, 32)
 
 
@@ -23,9 +25,10 @@ class BenchConfig:
         batches: Batch sizes for latency.
         threads: Threads for PyTorch and ONNX Runtime alike; 0 = all cores.
         warmup: Untimed calls before timing each (runtime, batch).
-        min_iters: Timed calls at least.
-        min_seconds: Keep timing until this much time has passed.
-        max_iters: Timed calls at most.
+        rounds: Round-robin turns over the runtimes (see benchmarks.latency).
+        min_iters: Timed calls per (runtime, batch) at least.
+        min_seconds: Timed seconds per (runtime, batch) at least.
+        max_iters: Timed calls per (runtime, batch) at most.
         cold_start_runs: Repetitions of the one-image CLI run (median reported).
         export_fp32: With ``checkpoint`` and no fp32 model given, export one into ``out``.
     """
@@ -39,6 +42,7 @@ class BenchConfig:
     batches: tuple[int, ...] = BATCH_SIZES
     threads: int = 0
     warmup: int = 10
+    rounds: int = 5
     min_iters: int = 30
     min_seconds: float = 2.0
     max_iters: int = 2000
@@ -49,8 +53,13 @@ class BenchConfig:
         if self.quick:
             # Enough to exercise every code path, not to measure anything.
             self.limit = self.limit or 20
-            self.warmup, self.min_iters, self.min_seconds = 1, 3, 0.0
+            self.warmup, self.rounds, self.min_iters, self.min_seconds = 1, 1, 3, 0.0
             self.cold_start_runs = 1
+
+    def timing(self) -> TimingPlan:
+        """The latency timing settings."""
+        return TimingPlan(warmup=self.warmup, rounds=self.rounds, min_iters=self.min_iters,
+                          max_iters=self.max_iters, min_seconds=self.min_seconds)
 
     def validate(self) -> None:
         """Raise ``ValueError`` for settings that cannot work."""
@@ -60,5 +69,6 @@ class BenchConfig:
             raise ValueError(f"batch sizes must be >= 1, got {self.batches}")
         if self.limit < 0 or self.threads < 0:
             raise ValueError("limit and threads must be >= 0")
-        if self.min_iters < 1 or self.max_iters < self.min_iters:
-            raise ValueError(f"need 1 <= min_iters <= max_iters, got {self.min_iters}, {self.max_iters}")
+        if self.min_iters < 1 or self.max_iters < self.min_iters or self.rounds < 1:
+            raise ValueError(f"need rounds >= 1 and 1 <= min_iters <= max_iters, got {self.rounds}, "
+                             f"{self.min_iters}, {self.max_iters}")

@@ -19,12 +19,14 @@ from train.data import list_split
 
 from .cli_timing import CliTiming, child_env, cli_unavailable_reason, time_cli
 from .config import BenchConfig
-from .latency import measure
+from .latency import measure_interleaved
 from .report import (BenchReport, RuntimeResult, chart, target_ort_vs_torch, target_preprocess,
                      target_variant)
 from .runtimes import Runtime, onnx_runtime, predict_all, torch_runtime
 
 log = logging.getLogger("benchmarks")
+#: 1-minute load average (before the run) above which timings are flagged as disturbed.
+BUSY_LOAD = 0.5
 _VERSIONED = ("torch", "torchvision", "onnxruntime", "onnx", "onnxsim", "numpy", "PIL", "fer_edge")
 
 
@@ -131,11 +133,18 @@ def probe_memory(rt: Runtime, input_size: int, batch: int, threads: int, iters: 
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def measure_runtime(rt: Runtime, val: LabelledImages, cfg: BenchConfig,
-                    torch_top1: np.ndarray | None) -> tuple[RuntimeResult, np.ndarray]:
-    """Latency at every batch size and accuracy on val for one runtime."""
-    log.info("measuring %s", rt.name)
-    latency = [measure(rt, val.inputs, b, cfg) for b in cfg.batches]
+def measure_latency(runtimes: list[Runtime], val: LabelledImages, cfg: BenchConfig) -> list[list]:
+    """Per runtime, its :class:`LatencyStats` at every batch size (runtimes timed in turns)."""
+    per_batch = []
+    for batch in cfg.batches:
+        log.info("timing batch %d", batch)
+        per_batch.append(measure_interleaved(runtimes, val.inputs, batch, cfg.timing()))
+    return [list(stats) for stats in zip(*per_batch)]
+
+
+def score_runtime(rt: Runtime, latency: list, val: LabelledImages,
+                  torch_top1: np.ndarray | None) -> tuple[RuntimeResult, np.ndarray]:
+    """Accuracy on val and agreement with PyTorch for one runtime."""
     logits = predict_all(rt, val.inputs)
     top1 = logits.argmax(1)
     agreement = float((top1 == torch_top1).mean()) if torch_top1 is not None else None
@@ -191,8 +200,9 @@ def run_benchmarks(cfg: BenchConfig) -> BenchReport:
 
     results: list[RuntimeResult] = []
     torch_top1 = None
-    for rt in runtimes:
-        result, top1 = measure_runtime(rt, val, cfg, torch_top1)
+    for rt, latency in zip(runtimes, measure_latency(runtimes, val, cfg)):
+        log.info("scoring %s on %d val images", rt.name, len(val))
+        result, top1 = score_runtime(rt, latency, val, torch_top1)
         if rt.kind == "torch":
             torch_top1 = top1
         results.append(result)
@@ -207,13 +217,16 @@ def run_benchmarks(cfg: BenchConfig) -> BenchReport:
     targets = [target_ort_vs_torch(results, small), target_variant(results, big),
                target_preprocess(cli, next((n for n in notes if "not timed" in n), None))]
     machine["loadavg_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    if machine["loadavg_at_start"] and max(machine["loadavg_at_start"][0], machine["loadavg_at_end"][0]) > 0.5 * machine["usable_cores"]:
-        notes.append(f"the machine was busy (load average {machine['loadavg_at_start'][0]:.1f} -> "
-                     f"{machine['loadavg_at_end'][0]:.1f} on {machine['usable_cores']} cores): "
-                     "timings are disturbed; compare them only with each other")
+    start_load = (machine["loadavg_at_start"] or [0.0])[0]
+    # Taken before this run did any work, so it measures other processes.
+    if start_load >= BUSY_LOAD:
+        notes.append(f"the machine was busy before the run started (1-minute load average {start_load:.1f} "
+                     f"on {machine['usable_cores']} cores): timings are disturbed; compare them only "
+                     "with each other (runtimes were timed in turns, so ratios hold up better)")
     settings = {
-        "threads": threads, "batches": list(cfg.batches), "warmup": cfg.warmup,
+        "threads": threads, "batches": list(cfg.batches), "warmup": cfg.warmup, "rounds": cfg.rounds,
         "min_iters": cfg.min_iters, "min_seconds": cfg.min_seconds, "quick": cfg.quick,
+        "timing": "runtimes timed round-robin per batch size (see benchmarks/latency.py)",
         "val_images": len(val), "classes": val.classes, "input_size": size,
         "data": str(cfg.data), "checkpoint": str(cfg.checkpoint) if cfg.checkpoint else None,
         "pytorch": "eager, fp32, NCHW, torch.inference_mode; size = serialized state_dict",

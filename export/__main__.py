@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-limit", type=int, default=d.val_limit_per_class,
                    help="val images per class to score (0 = all)")
     p.add_argument("--threads", type=int, default=d.threads, help="CPU threads (0 = all cores)")
-    g = p.add_argument_group("int8 recipe (defaults: the best measured one)")
+    g = p.add_argument_group("int8 recipe (defaults: the most accurate one in python -m benchmarks.quant_sweep)")
     g.add_argument("--int8-format", choices=QUANT_FORMATS, default=q.format)
     g.add_argument("--int8-scope", choices=QUANT_SCOPES, default=q.scope)
     g.add_argument("--int8-calibration", choices=CALIB_METHODS, default=q.calibrate_method)
@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(report.summary())
+    for warning in report.warnings:
+        # Repeated on stderr so it survives `> log` redirection of the summary.
+        print(f"WARNING: {warning}", file=sys.stderr)
     return 0
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from benchmarks.__main__ import main as bench_main
 from benchmarks.config import BenchConfig
-from benchmarks.latency import LatencyStats
+from benchmarks.latency import LatencyStats, TimingPlan, calls_per_round
 from benchmarks.quant_sweep import main as sweep_main
 from benchmarks.report import RuntimeResult, target_ort_vs_torch, target_preprocess, target_variant
 from benchmarks.run import run_benchmarks
@@ -123,10 +123,17 @@ def test_targets_pass_and_miss():
     assert target_preprocess([], "fer-edge classify not timed").status == "N/A"
 
 
+def test_slow_runtimes_get_fewer_calls_per_round():
+    plan = TimingPlan(rounds=5, min_iters=30, min_seconds=2.0, max_iters=2000)
+    assert calls_per_round(0.001, plan) == 400  # 2 s / 5 rounds of 1 ms calls
+    assert calls_per_round(1.0, plan) == 6  # min_iters decides for slow calls
+    assert calls_per_round(1e-7, plan) == 400  # capped at max_iters / rounds
+
+
 def test_quant_sweep_runs_a_recipe(tiny, tmp_path, capsys):
     code = sweep_main([str(tiny["ckpt"]), "--data", str(tiny["data"]), "--out", str(tmp_path),
                        "--recipe", "qoperator/pointwise/minmax/per-channel/u8s8", "--calib-images", "8",
-                       "--threads", "1", "--min-seconds", "0"])
+                       "--threads", "1", "--rounds", "1"])
     assert code == 0
     sweep = json.loads((tmp_path / "sweep.json").read_text())
     assert [r["recipe"] for r in sweep["rows"]] == ["fp32", "qoperator/pointwise/minmax/per-channel/u8s8"]

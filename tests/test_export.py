@@ -249,3 +249,12 @@ def test_written_model_is_readable_by_everyone(fp32_export):
 
     out, _report = fp32_export
     assert out.stat().st_mode & 0o777 == 0o666 & ~current_umask()
+
+
+def test_parity_on_real_fer_images(ckpt3, fer_data, tmp_path):
+    out = tmp_path / "real.onnx"
+    report = export_checkpoint(ExportConfig(checkpoint=ckpt3, out=out, data=fer_data, threads=1,
+                                            val_limit_per_class=4, parity_images=12))
+    assert report.parity[0].inputs == "val images" and report.parity[0].n == 12
+    assert all(p.passed for p in report.parity)
+    assert report.val["fp32"].n == 12 and report.info.val_accuracy == report.val["fp32"].accuracy
