@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="image-folder root with val/<class>/")
     p.add_argument("--model", type=Path, nargs="*", default=[], help="exported ONNX files of one model")
-    p.add_argument("--checkpoint", type=Path, default=None, help="its checkpoint (PyTorch eager baseline)")
+    p.add_argument("--checkpoint", type=Path, nargs="+", default=None,
+                   help="its checkpoint (PyTorch eager baseline); several for an ensemble export")
     p.add_argument("--out", type=Path, default=d.out, help="output folder (default %(default)s)")
     p.add_argument("--quick", action="store_true", help="few iterations and 20 images: a smoke test")
     p.add_argument("--limit", type=int, default=0, help="val images to use (0 = all; --quick: 20)")
@@ -48,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     from .report import summary
     from .run import run_benchmarks
 
-    cfg = BenchConfig(data=a.data, models=list(a.model), checkpoint=a.checkpoint, out=a.out,
+    cfg = BenchConfig(data=a.data, models=list(a.model), out=a.out,
+                      checkpoint=a.checkpoint[0] if a.checkpoint else None,
+                      ensemble=list(a.checkpoint[1:]) if a.checkpoint else [],
                       quick=a.quick, limit=a.limit, batches=tuple(a.batches), threads=a.threads,
                       min_seconds=0.0 if a.quick else a.min_seconds)
     try:

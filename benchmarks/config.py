@@ -18,6 +18,8 @@ class BenchConfig:
         data: Image-folder root with ``val/<class>/`` (and ``train/`` for exports).
         models: Exported ONNX files of one trained model (fp32 and/or variants).
         checkpoint: Its training checkpoint, for the PyTorch eager baseline.
+        ensemble: Further checkpoints when the models are an ensemble export
+            (``python -m export A B ...``); PyTorch then averages all members' logits.
         out: Folder for ``benchmark.json``, ``benchmark.png`` and exported models.
         quick: Few iterations and few images: keeps the script working in tests.
         limit: Images for accuracy and the folder run (0 = the whole val split
@@ -36,6 +38,7 @@ class BenchConfig:
     data: Path
     models: list[Path] = field(default_factory=list)
     checkpoint: Path | None = None
+    ensemble: list[Path] = field(default_factory=list)
     out: Path = Path("runs/benchmark")
     quick: bool = False
     limit: int = 0
@@ -65,6 +68,8 @@ class BenchConfig:
         """Raise ``ValueError`` for settings that cannot work."""
         if not self.models and self.checkpoint is None:
             raise ValueError("nothing to benchmark: give --model ONNX (one or more) and/or --checkpoint PT")
+        if self.ensemble and self.checkpoint is None:
+            raise ValueError("ensemble members given without a first checkpoint")
         if any(b < 1 for b in self.batches) or not self.batches:
             raise ValueError(f"batch sizes must be >= 1, got {self.batches}")
         if self.limit < 0 or self.threads < 0:

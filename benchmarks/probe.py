@@ -36,7 +36,7 @@ def peak_rss_mb() -> float:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.probe", description=__doc__)
     p.add_argument("kind", choices=("torch", "onnx"))
-    p.add_argument("path", type=Path, help="checkpoint (torch) or ONNX file")
+    p.add_argument("path", type=Path, nargs="+", help="checkpoint(s) (torch; several: an ensemble) or ONNX file")
     p.add_argument("--input-size", type=int, required=True)
     p.add_argument("--tta", choices=("none", "flip"), default="none")
     p.add_argument("--batch", type=int, default=32)
@@ -51,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         import onnxruntime  # noqa: F401
     after_import = peak_rss_mb()
-    runtime = torch_runtime(a.path, a.tta, a.threads) if a.kind == "torch" else onnx_runtime(a.path, a.threads)
+    if a.kind == "torch":
+        runtime = torch_runtime(a.path[0], a.tta, a.threads, a.path[1:])
+    else:
+        runtime = onnx_runtime(a.path[0], a.threads)
     after_load = peak_rss_mb()
     x = np.random.default_rng(0).uniform(-1, 1, (a.batch, 3, a.input_size, a.input_size)).astype(np.float32)
     for _ in range(a.iters):

@@ -66,7 +66,8 @@ def ensure_fp32(cfg: BenchConfig, threads: int) -> list[Path]:
 
     path = Path(cfg.out) / "models" / "fp32.onnx"
     log.info("exporting %s to %s for the ONNX fp32 row", cfg.checkpoint, path)
-    export_checkpoint(ExportConfig(checkpoint=Path(cfg.checkpoint), out=path, force=True, threads=threads))
+    export_checkpoint(ExportConfig(checkpoint=Path(cfg.checkpoint), ensemble=tuple(cfg.ensemble), out=path,
+                                   force=True, threads=threads))
     return [path, *models]
 
 
@@ -90,19 +91,17 @@ def load_runtimes(cfg: BenchConfig, models: list[Path], threads: int, notes: lis
     runtimes: list[Runtime] = []
     if cfg.checkpoint is not None:
         tta = onnx_rts[0].tta if onnx_rts else "none"
-        runtimes.append(torch_runtime(Path(cfg.checkpoint), tta, threads))
-        _check_provenance(Path(cfg.checkpoint), onnx_rts, notes)
+        torch_rt = torch_runtime(Path(cfg.checkpoint), tta, threads, cfg.ensemble)
+        runtimes.append(torch_rt)
+        _check_provenance(torch_rt, onnx_rts, notes)
     return runtimes + onnx_rts
 
 
-def _check_provenance(checkpoint: Path, onnx_rts: list[Runtime], notes: list[str]) -> None:
-    from export.onnx_export import _sha256
-
-    sha = _sha256(checkpoint)
+def _check_provenance(torch_rt: Runtime, onnx_rts: list[Runtime], notes: list[str]) -> None:
     for r in onnx_rts:
         stored = r.info.extra.get("checkpoint_sha256")
-        if stored and stored != sha:
-            notes.append(f"{r.path} was exported from a different checkpoint than {checkpoint} "
+        if stored and stored != torch_rt.sha256:
+            notes.append(f"{r.path} was exported from different checkpoint(s) than {torch_rt.path} "
                          "(sha256 differs): comparisons with PyTorch are not like for like")
 
 
@@ -125,7 +124,8 @@ def load_val(cfg: BenchConfig, runtimes: list[Runtime]) -> LabelledImages:
 
 def probe_memory(rt: Runtime, input_size: int, batch: int, threads: int, iters: int) -> dict:
     """Peak RSS of a fresh process that loads ``rt`` and runs ``iters`` batches."""
-    cmd = [sys.executable, "-m", "benchmarks.probe", rt.kind, str(rt.path), "--input-size", str(input_size),
+    cmd = [sys.executable, "-m", "benchmarks.probe", rt.kind, str(rt.path), *map(str, rt.members),
+           "--input-size", str(input_size),
            "--tta", rt.tta, "--batch", str(batch), "--threads", str(threads), "--iters", str(iters)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
     if proc.returncode != 0:
@@ -229,6 +229,7 @@ def run_benchmarks(cfg: BenchConfig) -> BenchReport:
         "timing": "runtimes timed round-robin per batch size (see benchmarks/latency.py)",
         "val_images": len(val), "classes": val.classes, "input_size": size,
         "data": str(cfg.data), "checkpoint": str(cfg.checkpoint) if cfg.checkpoint else None,
+        "ensemble": [str(p) for p in cfg.ensemble],
         "pytorch": "eager, fp32, NCHW, torch.inference_mode; size = serialized state_dict",
         "onnxruntime": "CPUExecutionProvider, ORT_ENABLE_ALL, inter-op 1",
         "cli": "python -m fer_edge classify --faces off --format jsonl (FER images are face crops)",

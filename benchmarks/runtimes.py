@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -27,6 +27,9 @@ class Runtime:
         threads: Threads the runtime reports using.
         predict: float32 (N, 3, S, S) -> float32 logits (N, C).
         info: ONNX metadata (``None`` for PyTorch).
+        sha256: PyTorch: the checkpoint's digest (an ensemble's: of its members' digests),
+            as export stores it, so ONNX files can be matched to it.
+        members: PyTorch ensemble: the further checkpoints after ``path``.
     """
 
     name: str
@@ -38,6 +41,8 @@ class Runtime:
     threads: int
     predict: Callable[[np.ndarray], np.ndarray]
     info: ModelInfo | None = None
+    sha256: str | None = None
+    members: list[Path] = field(default_factory=list)
 
 
 def onnx_runtime(path: Path, threads: int) -> Runtime:
@@ -55,14 +60,17 @@ def onnx_runtime(path: Path, threads: int) -> Runtime:
                    intra, predict, info)
 
 
-def torch_runtime(checkpoint: Path, tta: str, threads: int) -> Runtime:
-    """PyTorch eager (fp32, NCHW, ``inference_mode``) on the checkpoint's model."""
+def torch_runtime(checkpoint: Path, tta: str, threads: int, ensemble: list[Path] | None = None) -> Runtime:
+    """PyTorch eager (fp32, NCHW, ``inference_mode``) on the checkpoint's model.
+
+    With ``ensemble``, the model is the mean of all members' logits, as export builds it.
+    """
     import torch
 
-    from export.onnx_export import FlipTTA, load_checkpoint_model
+    from export.onnx_export import FlipTTA, load_for_export
 
     torch.set_num_threads(threads)
-    loaded = load_checkpoint_model(Path(checkpoint))
+    loaded = load_for_export(Path(checkpoint), tuple(ensemble or ()))
     model = FlipTTA(loaded.model).eval() if tta == "flip" else loaded.model
     buf = io.BytesIO()
     torch.save(loaded.model.state_dict(), buf)
@@ -71,9 +79,9 @@ def torch_runtime(checkpoint: Path, tta: str, threads: int) -> Runtime:
         with torch.inference_mode():
             return model(torch.from_numpy(x)).numpy()
 
-    label = "PyTorch" + (" +flip" if tta == "flip" else "")
+    label = "PyTorch" + (f" x{len(loaded.members)}" if loaded.members else "") + (" +flip" if tta == "flip" else "")
     return Runtime(label, "torch", "fp32", tta, Path(checkpoint), buf.getbuffer().nbytes,
-                   torch.get_num_threads(), predict)
+                   torch.get_num_threads(), predict, sha256=loaded.sha256, members=list(ensemble or []))
 
 
 def predict_all(runtime: Runtime, inputs: np.ndarray, batch_size: int = 32) -> np.ndarray:

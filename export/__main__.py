@@ -4,6 +4,7 @@ Examples:
     python -m export runs/b0-96/best.pt --out model.onnx --data ../shared/data/fer2013
     python -m export runs/b0-96/best.pt --out model-int8.onnx --data ../shared/data/fer2013 --precision int8
     python -m export runs/b0-96/best.pt --out model-tta.onnx --tta flip --force
+    python -m export runs/a/best.pt runs/b/best.pt --out ensemble.onnx   # mean of both models' logits
 
 Exit status: 0 written; 1 a check failed (nothing written); 2 bad arguments,
 checkpoint or data folder, or --out exists without --force.
@@ -24,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     d, q = ExportConfig(Path(), Path()), QuantConfig()
     p = argparse.ArgumentParser(prog="python -m export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", type=Path, help="fer-edge training checkpoint (best.pt)")
+    p.add_argument("checkpoint", type=Path, nargs="+",
+                   help="fer-edge training checkpoint (best.pt); several make one graph averaging their logits")
     p.add_argument("--out", type=Path, required=True, help="ONNX file to write")
     p.add_argument("--data", type=Path, default=None,
                    help="image-folder root with train/<class>/ and val/<class>/: parity on val images, "
@@ -65,7 +67,8 @@ def config_from_args(a: argparse.Namespace) -> ExportConfig:
         keep_ends_float=a.int8_float_ends,
     )
     return ExportConfig(
-        checkpoint=a.checkpoint, out=a.out, data=a.data, precision=a.precision, opset=a.opset,
+        checkpoint=a.checkpoint[0], ensemble=tuple(a.checkpoint[1:]), out=a.out, data=a.data,
+        precision=a.precision, opset=a.opset,
         tta=a.tta, calib_images=a.calib_images, force=a.force, model_version=a.model_version,
         parity_images=a.parity_images, val_limit_per_class=a.val_limit, threads=a.threads, quant=quant,
     )

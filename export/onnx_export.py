@@ -4,7 +4,8 @@ Pipeline of :func:`export_checkpoint`:
 
 1. load the checkpoint (``weights_only=True``) and rebuild the model from its
    own config; strip any trailing softmax (the graph outputs logits);
-2. optionally wrap it in flip test-time augmentation;
+2. with further checkpoints (``ensemble``), average the members' logits in one
+   graph; optionally wrap it in flip test-time augmentation;
 3. export with a dynamic batch axis (TorchScript exporter, input ``input``,
    output ``logits``), run ``onnx.checker`` and onnxsim;
 4. check parity: ONNX Runtime vs PyTorch, simplified vs unsimplified graph,
@@ -80,6 +81,8 @@ class ExportConfig:
         precision: ``fp32``, ``fp16`` or ``int8``.
         opset: ONNX opset (17 or newer).
         tta: ``none`` or ``flip`` (graph averages image and mirror logits).
+        ensemble: Further checkpoints with the same classes and preprocessing;
+            the graph outputs the mean of all members' logits (``checkpoint``'s included).
         calib_images: Training images used to calibrate int8.
         force: Overwrite an existing ``out``.
         model_version: Stored version string; default ``<run folder>-e<epoch>``.
@@ -97,6 +100,7 @@ class ExportConfig:
     precision: str = "fp32"
     opset: int = MIN_OPSET
     tta: str = "none"
+    ensemble: tuple[Path, ...] = ()
     calib_images: int = 300
     force: bool = False
     model_version: str | None = None
@@ -117,6 +121,9 @@ class ExportConfig:
             raise ValueError(f"opset {self.opset} is too old; use {MIN_OPSET} or newer")
         if self.parity_images < 1 or self.calib_images < 1:
             raise ValueError("parity_images and calib_images must be >= 1")
+        paths = [Path(self.checkpoint).resolve(), *(Path(p).resolve() for p in self.ensemble)]
+        if len(set(paths)) != len(paths):
+            raise ValueError(f"a checkpoint is given twice: {[str(p) for p in paths]}")
         if self.precision == "int8" and self.data is None:
             raise ValueError("int8 needs calibration images: pass data (--data DIR with train/<class>/)")
         self.quant.validate()
@@ -195,6 +202,8 @@ class LoadedCheckpoint:
     epoch: int | None
     val: dict | None
     sha256: str
+    #: For an ensemble, its members in order (``model`` is then a :class:`MeanLogits`).
+    members: list["LoadedCheckpoint"] = field(default_factory=list)
 
 
 class FlipTTA(nn.Module):
@@ -209,6 +218,17 @@ class FlipTTA(nn.Module):
         # One pass on 2N images is cheaper than two passes at batch 1.
         y = self.model(torch.cat([x, x.flip(-1)]))
         return (y[:n] + y[n:]) / 2
+
+
+class MeanLogits(nn.Module):
+    """Mean logits of several models on the same input (an ensemble in one graph)."""
+
+    def __init__(self, models: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(models)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.members]).mean(0)
 
 
 def strip_softmax(model: nn.Module) -> int:
@@ -272,6 +292,32 @@ def load_checkpoint_model(path: Path) -> LoadedCheckpoint:
     epoch = ckpt.get("epoch")
     return LoadedCheckpoint(model, cfg, classes, spec, int(epoch) if epoch is not None else None,
                             val, _sha256(path))
+
+
+def load_for_export(checkpoint: Path, ensemble: tuple[Path, ...] | list[Path] = ()) -> LoadedCheckpoint:
+    """One checkpoint, or an ensemble of ``checkpoint`` and ``ensemble`` averaged by :class:`MeanLogits`.
+
+    An ensemble's ``sha256`` is the digest of its members' digests in order, so
+    a file exported from it can be matched to the same checkpoints later; its
+    ``val``/``epoch`` are ``None`` (no member's figure describes the ensemble).
+
+    Raises:
+        CheckpointError: a member is unreadable, or members differ in classes or preprocessing.
+    """
+    first = load_checkpoint_model(Path(checkpoint))
+    if not ensemble:
+        return first
+    members = [first]
+    for path in ensemble:
+        other = load_checkpoint_model(Path(path))
+        if other.classes != first.classes or other.spec != first.spec:
+            raise CheckpointError(
+                f"{path} cannot join an ensemble with {checkpoint}: classes {other.classes} vs {first.classes}, "
+                f"preprocessing {other.spec} vs {first.spec}; members must agree on both")
+        members.append(other)
+    digest = hashlib.sha256("".join(m.sha256 for m in members).encode()).hexdigest()
+    model = MeanLogits([m.model for m in members]).eval()
+    return LoadedCheckpoint(model, first.config, first.classes, first.spec, None, None, digest, members)
 
 
 def torch_logits(model: nn.Module, inputs: np.ndarray, batch_size: int = 64) -> np.ndarray:
@@ -390,13 +436,21 @@ def build_info(cfg: ExportConfig, loaded: LoadedCheckpoint, val: dict[str, EvalR
         source = f"checkpoint (pytorch, tta={ckpt_val.get('tta')}, {ckpt_val.get('n')} val images)"
     else:
         acc, f1, source = None, None, "not measured: export with --data DIR"
-    run = Path(cfg.checkpoint).resolve().parent.name
-    version = cfg.model_version or (f"{run}-e{loaded.epoch}" if loaded.epoch is not None else run)
+    def default_version(path: Path, epoch: int | None) -> str:
+        run = Path(path).resolve().parent.name
+        return f"{run}-e{epoch}" if epoch is not None else run
+
+    if loaded.members:
+        auto = "+".join(default_version(p, m.epoch) for p, m in zip([cfg.checkpoint, *cfg.ensemble], loaded.members))
+    else:
+        auto = default_version(cfg.checkpoint, loaded.epoch)
+    version = cfg.model_version or auto
     classes = ", ".join(loaded.classes)
+    name = f"{len(loaded.members)} x {MODEL_NAME} (mean logits)" if loaded.members else MODEL_NAME
     return ModelInfo(
         labels=list(loaded.classes),
         preprocess=loaded.spec,
-        model_name=MODEL_NAME,
+        model_name=name,
         model_version=version,
         precision=cfg.precision,
         input_name=INPUT_NAME,
@@ -454,6 +508,13 @@ def write_atomic(data: bytes, out: Path, force: bool) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
+def _member_facts(path: Path, member: LoadedCheckpoint) -> dict:
+    """What the metadata records of one ensemble member."""
+    val = {k: member.val.get(k) for k in ("accuracy", "macro_f1", "tta", "n")} if member.val else None
+    return {"checkpoint": str(Path(path).name), "run": Path(path).resolve().parent.name,
+            "sha256": member.sha256, "epoch": member.epoch, "val": val}
+
+
 def _variant_val(cfg: ExportConfig, fp32: bytes, variant: bytes | None, val: LabelledImages | None,
                  report_warnings: list[str]) -> dict[str, EvalResult]:
     """Val metrics of fp32 and the variant; warns when the variant loses > 1 point."""
@@ -506,7 +567,7 @@ def export_checkpoint(cfg: ExportConfig) -> ExportReport:
         raise OutputExistsError(f"{out} exists; pass --force to overwrite it")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    loaded = load_checkpoint_model(Path(cfg.checkpoint))
+    loaded = load_for_export(Path(cfg.checkpoint), cfg.ensemble)
     model = FlipTTA(loaded.model).eval() if cfg.tta == "flip" else loaded.model
     n_cls = len(loaded.classes)
 
@@ -547,6 +608,8 @@ def export_checkpoint(cfg: ExportConfig) -> ExportReport:
         "checkpoint_sha256": loaded.sha256,
         "checkpoint_epoch": loaded.epoch,
         "checkpoint_val": {k: loaded.val.get(k) for k in ("accuracy", "macro_f1", "tta", "n")} if loaded.val else None,
+        "ensemble": [_member_facts(path, m) for path, m in
+                     zip([cfg.checkpoint, *cfg.ensemble], loaded.members)] or None,
         "parity": [p.to_dict() for p in parity],
         "val_by_precision": {k: v.to_dict() for k, v in val_results.items()},
         "speed_b32_ms_per_image": speed or None,

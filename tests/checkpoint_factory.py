@@ -1,6 +1,6 @@
 """Tiny training checkpoints and image folders for the export/ and benchmarks/ tests.
 
-Loaded by file path from the test modules (like tests/onnx_models.py), so it
+Served by the ``ckpt_factory`` fixture (conftest.load_helper imports it by file path), so it
 works in any pytest import mode.
 """
 

@@ -22,19 +22,25 @@ LABELS2 = ["happy", "sad"]  # model_path's labels
 LABELS7 = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]  # model7_path's
 
 
-def load_model_factory():
-    """tests/onnx_models.py, imported by file path so it works in any pytest import mode."""
-    name = "fer_edge_test_onnx_models"
+def load_helper(filename: str):
+    """A helper module of tests/ imported by file path, so it works in any pytest import mode."""
+    name = "fer_edge_test_" + Path(filename).stem
     if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("onnx_models.py"))
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(filename))
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)
     return sys.modules[name]
 
 
-onnx_models = load_model_factory()
+onnx_models = load_helper("onnx_models.py")
 ModelOptions = onnx_models.ModelOptions
+
+
+@pytest.fixture(scope="session")
+def ckpt_factory():
+    """tests/checkpoint_factory.py: tiny training checkpoints and image folders (needs torch)."""
+    return load_helper("checkpoint_factory.py")
 
 
 @pytest.fixture(scope="session")

@@ -6,9 +6,7 @@ reported as PASS/MISS by the benchmark itself).
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,25 +24,12 @@ CLASSES3 = ["happy", "neutral", "sad"]
 STATUSES = {"PASS", "MISS", "N/A"}
 
 
-def _factory():
-    name = "fer_edge_test_checkpoint_factory"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("checkpoint_factory.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-factory = _factory()
-
-
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict[str, Path]:
+def tiny(ckpt_factory, tmp_path_factory) -> dict[str, Path]:
     """A 32 px checkpoint, its fp32 and fp16 exports, and a small image folder."""
     root = tmp_path_factory.mktemp("bench")
-    data = factory.make_image_folder(root / "data", CLASSES3)
-    ckpt = factory.make_checkpoint(root / "run" / "best.pt", CLASSES3)
+    data = ckpt_factory.make_image_folder(root / "data", CLASSES3)
+    ckpt = ckpt_factory.make_checkpoint(root / "run" / "best.pt", CLASSES3)
     paths = {"data": data, "ckpt": ckpt}
     for precision in ("fp32", "fp16"):
         paths[precision] = root / f"{precision}.onnx"
@@ -90,8 +75,24 @@ def test_checkpoint_alone_gets_an_fp32_export(tiny, tmp_path):
     assert report.targets[1].status == "N/A"
 
 
-def test_models_of_different_trained_models_are_refused(tiny, tmp_path):
-    other = factory.make_checkpoint(tmp_path / "other.pt", ["angry", "happy"])
+def test_ensemble_is_benchmarked_against_the_same_members_in_pytorch(ckpt_factory, tiny, tmp_path):
+    second = ckpt_factory.make_checkpoint(tmp_path / "second.pt", CLASSES3, seed=1)
+    cfg = BenchConfig(data=tiny["data"], checkpoint=tiny["ckpt"], ensemble=[second], out=tmp_path / "b",
+                      quick=True, threads=1, batches=(1, 2))
+    report = run_benchmarks(cfg)
+    torch_rt, onnx_rt = report.runtimes
+    assert torch_rt.name == "PyTorch x2" and onnx_rt.name == "ONNX fp32"
+    assert onnx_rt.top1_agreement_vs_torch == 1.0, report.notes
+    assert not any("different checkpoint" in n for n in report.notes)
+    assert torch_rt.memory.get("peak_mb", 0) > 0, torch_rt.memory
+    # The single-checkpoint PyTorch model is a different model: flagged, not silently compared.
+    single = run_benchmarks(BenchConfig(data=tiny["data"], checkpoint=tiny["ckpt"], out=tmp_path / "c",
+                                        models=[Path(onnx_rt.path)], quick=True, threads=1, batches=(1,)))
+    assert any("different checkpoint" in n for n in single.notes)
+
+
+def test_models_of_different_trained_models_are_refused(ckpt_factory, tiny, tmp_path):
+    other = ckpt_factory.make_checkpoint(tmp_path / "other.pt", ["angry", "happy"])
     onnx_other = tmp_path / "other.onnx"
     export_checkpoint(ExportConfig(checkpoint=other, out=onnx_other, threads=1))
     cfg = BenchConfig(data=tiny["data"], models=[tiny["fp32"], onnx_other], out=tmp_path / "b", quick=True)

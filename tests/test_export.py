@@ -6,8 +6,6 @@ these fast on a CPU; nothing here needs the FER-2013 data.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,27 +26,14 @@ CLASSES3 = ["happy", "neutral", "sad"]
 CLASSES7 = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
 
 
-def _factory():
-    name = "fer_edge_test_checkpoint_factory"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("checkpoint_factory.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-factory = _factory()
+@pytest.fixture(scope="module")
+def ckpt3(ckpt_factory, tmp_path_factory) -> Path:
+    return ckpt_factory.make_checkpoint(tmp_path_factory.mktemp("ckpt3") / "best.pt", CLASSES3)
 
 
 @pytest.fixture(scope="module")
-def ckpt3(tmp_path_factory) -> Path:
-    return factory.make_checkpoint(tmp_path_factory.mktemp("ckpt3") / "best.pt", CLASSES3)
-
-
-@pytest.fixture(scope="module")
-def data3(tmp_path_factory) -> Path:
-    return factory.make_image_folder(tmp_path_factory.mktemp("data3"), CLASSES3)
+def data3(ckpt_factory, tmp_path_factory) -> Path:
+    return ckpt_factory.make_image_folder(tmp_path_factory.mktemp("data3"), CLASSES3)
 
 
 @pytest.fixture(scope="module")
@@ -119,8 +104,39 @@ def test_flip_tta_averages_image_and_mirror(ckpt3, tmp_path):
     assert np.abs(_session(out).run(None, {"input": x})[0] - ref).max() <= 1e-4
 
 
-def test_seven_class_model_loads_in_classifier(tmp_path):
-    ckpt = factory.make_checkpoint(tmp_path / "best.pt", CLASSES7, input_size=48)
+def test_ensemble_graph_averages_members_logits(ckpt_factory, ckpt3, tmp_path, capsys):
+    second = ckpt_factory.make_checkpoint(tmp_path / "run2" / "best.pt", CLASSES3, seed=1)
+    out = tmp_path / "ens.onnx"
+    code = export_main([str(ckpt3), str(second), "--out", str(out), "--tta", "flip", "--threads", "1"])
+    assert code == 0, capsys.readouterr().err
+    members = [load_checkpoint_model(p).model for p in (ckpt3, second)]
+    x = np.random.default_rng(3).uniform(-1, 1, (4, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        t = torch.from_numpy(x)
+        each = [((m(t) + m(t.flip(-1))) / 2).numpy() for m in members]
+    got = _session(out).run(None, {"input": x})[0]
+    assert np.abs(got - (each[0] + each[1]) / 2).max() <= 1e-4
+    assert np.abs(each[0] - each[1]).max() > 1e-3  # the members differ, so the mean is a real check
+    info = ModelInfo.from_props(_session(out).get_modelmeta().custom_metadata_map)
+    facts = info.extra["ensemble"]
+    assert [f["checkpoint"] for f in facts] == ["best.pt", "best.pt"] and len({f["sha256"] for f in facts}) == 2
+    assert info.model_name.startswith("2 x ") and "+" in info.model_version
+
+
+def test_ensemble_members_must_agree_on_classes_and_size(ckpt_factory, ckpt3, tmp_path):
+    other = ckpt_factory.make_checkpoint(tmp_path / "other.pt", CLASSES7)
+    with pytest.raises(CheckpointError, match="cannot join an ensemble"):
+        export_checkpoint(ExportConfig(checkpoint=ckpt3, ensemble=(other,), out=tmp_path / "m.onnx"))
+    bigger = ckpt_factory.make_checkpoint(tmp_path / "big.pt", CLASSES3, input_size=48)
+    with pytest.raises(CheckpointError, match="preprocessing"):
+        export_checkpoint(ExportConfig(checkpoint=ckpt3, ensemble=(bigger,), out=tmp_path / "m.onnx"))
+    with pytest.raises(ValueError, match="given twice"):
+        export_checkpoint(ExportConfig(checkpoint=ckpt3, ensemble=(ckpt3,), out=tmp_path / "m.onnx"))
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_seven_class_model_loads_in_classifier(ckpt_factory, tmp_path):
+    ckpt = ckpt_factory.make_checkpoint(tmp_path / "best.pt", CLASSES7, input_size=48)
     out = tmp_path / "seven.onnx"
     export_checkpoint(ExportConfig(checkpoint=ckpt, out=out, threads=1))
     fer_edge = pytest.importorskip("fer_edge")
@@ -173,8 +189,8 @@ def test_corrupted_checkpoint_fails_clearly(tmp_path, capsys):
     assert not (tmp_path / "m.onnx").exists()
 
 
-def test_checkpoint_not_fitting_its_config_fails_clearly(tmp_path):
-    ckpt = factory.make_checkpoint(tmp_path / "best.pt", CLASSES7, num_outputs=3)
+def test_checkpoint_not_fitting_its_config_fails_clearly(ckpt_factory, tmp_path):
+    ckpt = ckpt_factory.make_checkpoint(tmp_path / "best.pt", CLASSES7, num_outputs=3)
     with pytest.raises(CheckpointError, match="do not fit"):
         export_checkpoint(ExportConfig(checkpoint=ckpt, out=tmp_path / "m.onnx"))
 
