@@ -510,9 +510,13 @@ def write_atomic(data: bytes, out: Path, force: bool) -> None:
 
 def _member_facts(path: Path, member: LoadedCheckpoint) -> dict:
     """What the metadata records of one ensemble member."""
-    val = {k: member.val.get(k) for k in ("accuracy", "macro_f1", "tta", "n")} if member.val else None
     return {"checkpoint": str(Path(path).name), "run": Path(path).resolve().parent.name,
-            "sha256": member.sha256, "epoch": member.epoch, "val": val}
+            "sha256": member.sha256, "epoch": member.epoch, "val": _val_facts(member.val)}
+
+
+def _val_facts(val: dict | None) -> dict | None:
+    """The checkpoint's own val figures that the metadata records."""
+    return {k: val.get(k) for k in ("accuracy", "macro_f1", "tta", "n")} if val else None
 
 
 def _variant_val(cfg: ExportConfig, fp32: bytes, variant: bytes | None, val: LabelledImages | None,
@@ -607,7 +611,7 @@ def export_checkpoint(cfg: ExportConfig) -> ExportReport:
         "checkpoint": Path(cfg.checkpoint).name,
         "checkpoint_sha256": loaded.sha256,
         "checkpoint_epoch": loaded.epoch,
-        "checkpoint_val": {k: loaded.val.get(k) for k in ("accuracy", "macro_f1", "tta", "n")} if loaded.val else None,
+        "checkpoint_val": _val_facts(loaded.val),
         "ensemble": [_member_facts(path, m) for path, m in
                      zip([cfg.checkpoint, *cfg.ensemble], loaded.members)] or None,
         "parity": [p.to_dict() for p in parity],
