@@ -202,6 +202,8 @@ class LoadedCheckpoint:
     epoch: int | None
     val: dict | None
     sha256: str
+    #: The file it was loaded from (an ensemble's: its first member's).
+    path: Path
     #: For an ensemble, its members in order (``model`` is then a :class:`MeanLogits`).
     members: list["LoadedCheckpoint"] = field(default_factory=list)
 
@@ -291,7 +293,7 @@ def load_checkpoint_model(path: Path) -> LoadedCheckpoint:
     val = ckpt.get("val") if isinstance(ckpt.get("val"), dict) else None
     epoch = ckpt.get("epoch")
     return LoadedCheckpoint(model, cfg, classes, spec, int(epoch) if epoch is not None else None,
-                            val, _sha256(path))
+                            val, _sha256(path), path)
 
 
 def load_for_export(checkpoint: Path, ensemble: tuple[Path, ...] | list[Path] = ()) -> LoadedCheckpoint:
@@ -317,7 +319,7 @@ def load_for_export(checkpoint: Path, ensemble: tuple[Path, ...] | list[Path] = 
         members.append(other)
     digest = hashlib.sha256("".join(m.sha256 for m in members).encode()).hexdigest()
     model = MeanLogits([m.model for m in members]).eval()
-    return LoadedCheckpoint(model, first.config, first.classes, first.spec, None, None, digest, members)
+    return LoadedCheckpoint(model, first.config, first.classes, first.spec, None, None, digest, first.path, members)
 
 
 def torch_logits(model: nn.Module, inputs: np.ndarray, batch_size: int = 64) -> np.ndarray:
@@ -436,15 +438,7 @@ def build_info(cfg: ExportConfig, loaded: LoadedCheckpoint, val: dict[str, EvalR
         source = f"checkpoint (pytorch, tta={ckpt_val.get('tta')}, {ckpt_val.get('n')} val images)"
     else:
         acc, f1, source = None, None, "not measured: export with --data DIR"
-    def default_version(path: Path, epoch: int | None) -> str:
-        run = Path(path).resolve().parent.name
-        return f"{run}-e{epoch}" if epoch is not None else run
-
-    if loaded.members:
-        auto = "+".join(default_version(p, m.epoch) for p, m in zip([cfg.checkpoint, *cfg.ensemble], loaded.members))
-    else:
-        auto = default_version(cfg.checkpoint, loaded.epoch)
-    version = cfg.model_version or auto
+    version = cfg.model_version or "+".join(_default_version(m) for m in loaded.members or [loaded])
     classes = ", ".join(loaded.classes)
     name = f"{len(loaded.members)} x {MODEL_NAME} (mean logits)" if loaded.members else MODEL_NAME
     return ModelInfo(
@@ -508,9 +502,15 @@ def write_atomic(data: bytes, out: Path, force: bool) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
-def _member_facts(path: Path, member: LoadedCheckpoint) -> dict:
+def _default_version(loaded: LoadedCheckpoint) -> str:
+    """``<run folder>-e<epoch>``, or the run folder when the epoch is unknown."""
+    run = loaded.path.resolve().parent.name
+    return f"{run}-e{loaded.epoch}" if loaded.epoch is not None else run
+
+
+def _member_facts(member: LoadedCheckpoint) -> dict:
     """What the metadata records of one ensemble member."""
-    return {"checkpoint": str(Path(path).name), "run": Path(path).resolve().parent.name,
+    return {"checkpoint": member.path.name, "run": member.path.resolve().parent.name,
             "sha256": member.sha256, "epoch": member.epoch, "val": _val_facts(member.val)}
 
 
@@ -612,8 +612,7 @@ def export_checkpoint(cfg: ExportConfig) -> ExportReport:
         "checkpoint_sha256": loaded.sha256,
         "checkpoint_epoch": loaded.epoch,
         "checkpoint_val": _val_facts(loaded.val),
-        "ensemble": [_member_facts(path, m) for path, m in
-                     zip([cfg.checkpoint, *cfg.ensemble], loaded.members)] or None,
+        "ensemble": [_member_facts(m) for m in loaded.members] or None,
         "parity": [p.to_dict() for p in parity],
         "val_by_precision": {k: v.to_dict() for k, v in val_results.items()},
         "speed_b32_ms_per_image": speed or None,
