@@ -1,4 +1,8 @@
-"""``python -m benchmarks``: PyTorch eager vs ONNX Runtime (fp32, fp16, int8) on CPU.
+"""``python -m benchmarks``: the shipped models, or one model's PyTorch vs ONNX Runtime rows, on CPU.
+
+Without --model/--checkpoint: every shipped model (fer_edge/models/*.onnx) with
+its variants and a B0 reference in one run (benchmarks/zoo.py: zoo.json, zoo.png).
+With them, one trained model in depth:
 
 Measures latency (batch 1/8/32), accuracy and macro-F1 on val, agreement with
 PyTorch, file size, peak memory, and `fer-edge classify` cold start and folder
@@ -6,6 +10,9 @@ throughput; prints a table with PASS/MISS for the project's targets and writes
 <out>/benchmark.json and <out>/benchmark.png.
 
 Examples:
+    python -m benchmarks --data ../shared/data/fer2013      # every shipped model
+    python -m benchmarks --data ../shared/data/fer2013 --variant fast=fast-fp32.onnx \\
+        --with-checkpoint fast=runs/fast/best.pt
     python -m benchmarks --data ../shared/data/fer2013 --checkpoint runs/b0-96/best.pt \\
         --model model.onnx model-int8.onnx --out runs/benchmark
     python -m benchmarks --data ../shared/data/fer2013 --checkpoint runs/b0-96/best.pt --quick
@@ -34,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=0, help="val images to use (0 = all; --quick: 20)")
     p.add_argument("--batches", type=int, nargs="+", default=list(BATCH_SIZES))
     p.add_argument("--threads", type=int, default=0, help="threads for PyTorch and ORT alike (0 = all cores)")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=FILE",
+                   help="shipped-models run: another exported file of shipped model NAME (repeatable)")
+    p.add_argument("--with-checkpoint", action="append", default=[], metavar="NAME=FILE",
+                   help="shipped-models run: the PyTorch checkpoint of shipped model NAME")
     p.add_argument("--min-seconds", type=float, default=d.min_seconds, help="timing per runtime and batch")
     return p
 
@@ -41,13 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    from fer_edge.errors import ModelError
     from train.checkpoint import CheckpointError
     from train.data import DataLayoutError
 
-    from fer_edge.errors import ModelError
-
     from .report import summary
     from .run import run_benchmarks
+
+    if not a.model and not a.checkpoint:
+        return _run_zoo(a)
 
     cfg = BenchConfig(data=a.data, models=list(a.model), out=a.out,
                       checkpoint=a.checkpoint[0] if a.checkpoint else None,
@@ -61,6 +74,35 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(summary(report))
     print(f"\nwrote {Path(cfg.out) / 'benchmark.json'} and {Path(cfg.out) / 'benchmark.png'}")
+    return 0
+
+
+def _pairs(items: list[str], flag: str) -> dict[str, list[Path]]:
+    out: dict[str, list[Path]] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"{flag} {item!r}: expected NAME=FILE, e.g. fast=model.onnx")
+        out.setdefault(name, []).append(Path(path))
+    return out
+
+
+def _run_zoo(a: argparse.Namespace) -> int:
+    from fer_edge.errors import ModelError
+
+    from .zoo import run_zoo, zoo_table
+
+    cfg = BenchConfig(data=a.data, out=a.out, quick=a.quick, limit=a.limit, batches=tuple(a.batches),
+                      threads=a.threads, min_seconds=0.0 if a.quick else a.min_seconds)
+    try:
+        variants = _pairs(a.variant, "--variant")
+        checkpoints = {k: v[-1] for k, v in _pairs(a.with_checkpoint, "--with-checkpoint").items()}
+        report = run_zoo(cfg, variants, checkpoints)
+    except (ValueError, ModelError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(zoo_table(report))
+    print(f"wrote {Path(a.out) / 'zoo.json'} and {Path(a.out) / 'zoo.png'}")
     return 0
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import statistics
 import subprocess
@@ -55,17 +54,6 @@ def child_env() -> dict[str, str]:
     """
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     return {**os.environ, "PYTHONPATH": path, "PYTHONWARNINGS": "ignore"}
-
-
-def cli_unavailable_reason() -> str | None:
-    """Why ``fer-edge`` cannot be timed here, or ``None`` when it can."""
-    for module in ("fer_edge.cli", "click"):
-        try:
-            if importlib.util.find_spec(module) is None:
-                return f"{module} is not importable"
-        except ImportError as exc:
-            return f"{module} is not importable ({exc})"
-    return None
 
 
 def classify_command(model: Path, paths: list[Path], threads: int) -> list[str]:

@@ -37,7 +37,7 @@ class LatencyStats:
     images_per_s: float
 
     @classmethod
-    def from_call_times(cls, batch: int, seconds: list[float]) -> "LatencyStats":
+    def from_call_times(cls, batch: int, seconds: list[float]) -> LatencyStats:
         per_image_ms = np.asarray(seconds) * 1000.0 / batch
         median = float(np.median(per_image_ms))
         return cls(batch=batch, iters=len(seconds), median_ms=median,

@@ -23,10 +23,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from export.evaluate import (calibration_inputs, default_threads, load_labelled, make_session,
-                             run_session, score)
+from export.evaluate import calibration_inputs, default_threads, load_labelled, make_session, run_session, score
 from export.variants import QuantConfig, to_int8
-
 from fer_edge.metadata import ModelInfo
 
 from .latency import LatencyStats, TimingPlan, measure_interleaved

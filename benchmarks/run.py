@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
+import importlib.metadata
 import json
 import logging
 import math
@@ -14,30 +14,21 @@ from pathlib import Path
 
 import numpy as np
 
-from export.evaluate import LabelledImages, default_threads, load_labelled, score, stratified_sample
+from export.evaluate import LabelledImages, cpu_model, default_threads, load_labelled, score, stratified_sample
 from train.data import list_split
 
-from .cli_timing import CliTiming, child_env, cli_unavailable_reason, time_cli
+from .cli_timing import CliTiming, child_env, time_cli
 from .config import BenchConfig
 from .latency import measure_interleaved
-from .report import (BenchReport, RuntimeResult, chart, target_ort_vs_torch, target_preprocess,
-                     target_variant)
+from .report import BenchReport, RuntimeResult, chart, target_ort_vs_torch, target_preprocess, target_variant
 from .runtimes import Runtime, onnx_runtime, predict_all, torch_runtime
 
 log = logging.getLogger("benchmarks")
 #: 1-minute load average (before the run) above which timings are flagged as disturbed.
 BUSY_LOAD = 0.5
-_VERSIONED = ("torch", "torchvision", "onnxruntime", "onnx", "onnxsim", "numpy", "PIL", "fer_edge")
-
-
-def cpu_model() -> str:
-    """CPU model name from /proc/cpuinfo (Linux), else what ``platform`` knows."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+#: Distribution names whose versions the figures depend on (read from package metadata,
+#: without importing them).
+_VERSIONED = ("torch", "torchvision", "onnxruntime", "onnx", "onnxsim", "numpy", "pillow", "fer-edge")
 
 
 def machine_info() -> dict:
@@ -45,8 +36,8 @@ def machine_info() -> dict:
     versions = {}
     for name in _VERSIONED:
         try:
-            versions[name] = getattr(importlib.import_module(name), "__version__", "?")
-        except ImportError:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
             versions[name] = None
     return {
         "cpu": cpu_model(), "logical_cores": os.cpu_count(), "usable_cores": default_threads(),
@@ -111,7 +102,7 @@ def load_val(cfg: BenchConfig, runtimes: list[Runtime]) -> LabelledImages:
     if first is not None:
         labels, spec = first.info.labels, first.info.preprocess
     else:
-        from export.onnx_export import load_checkpoint_model
+        from export.checkpoints import load_checkpoint_model
 
         loaded = load_checkpoint_model(Path(cfg.checkpoint))
         labels, spec = loaded.classes, loaded.spec
@@ -159,10 +150,9 @@ def score_runtime(rt: Runtime, latency: list, val: LabelledImages,
 def time_cli_runs(cfg: BenchConfig, runtimes: list[Runtime], val: LabelledImages, threads: int,
                   notes: list[str]) -> list[CliTiming]:
     """Cold start and folder run of ``fer-edge classify`` per ONNX model (first one only in quick mode)."""
-    reason = cli_unavailable_reason()
     onnx_rts = [r for r in runtimes if r.kind == "onnx"]
-    if reason or not onnx_rts:
-        notes.append(f"fer-edge classify not timed: {reason or 'no ONNX model'}")
+    if not onnx_rts:
+        notes.append("fer-edge classify not timed: no ONNX model")
         return []
     files = [Path(p) for p in val.paths]
     labels = onnx_rts[0].info.labels

@@ -67,7 +67,7 @@ def torch_runtime(checkpoint: Path, tta: str, threads: int, ensemble: list[Path]
     """
     import torch
 
-    from export.onnx_export import FlipTTA, load_for_export
+    from export.checkpoints import FlipTTA, load_for_export
 
     torch.set_num_threads(threads)
     loaded = load_for_export(Path(checkpoint), tuple(ensemble or ()))

@@ -37,7 +37,7 @@ class LabelledImages:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, idx: np.ndarray) -> "LabelledImages":
+    def subset(self, idx: np.ndarray) -> LabelledImages:
         """The images at positions ``idx``, in that order."""
         return LabelledImages(self.inputs[idx], self.labels[idx], self.classes,
                               [self.paths[i] for i in idx])
@@ -146,6 +146,18 @@ def random_inputs(spec: PreprocessSpec, n: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     pixels = rng.integers(0, 256, size=(n, spec.input_size, spec.input_size), dtype=np.uint8)
     return normalize(pixels, spec)
+
+
+def cpu_model() -> str:
+    """CPU model name from /proc/cpuinfo (Linux), else what ``platform`` knows."""
+    import platform
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def default_threads() -> int:

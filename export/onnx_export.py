@@ -21,9 +21,7 @@ Any failed check raises :class:`ExportError` and writes nothing.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import logging
-import os
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -35,18 +33,27 @@ import torch
 from torch import nn
 
 import fer_edge
+from fer_edge.atomic import atomic_write, create_new, replace
 from fer_edge.metadata import ModelInfo
-from fer_edge.output import current_umask
 from fer_edge.preprocess import PreprocessSpec
-from train import checkpoint as ckpt_io
-from train.checkpoint import CheckpointError
-from train.config import TrainConfig
-from train.model import build_model
-from train.trainer import spec_of
 
-from .evaluate import (EvalResult, LabelledImages, Parity, calibration_inputs, compare,
-                       load_labelled, make_session, median_ms_per_image, random_inputs, run_session,
-                       score, stratified_sample)
+from .checkpoints import MODEL_NAMES, FlipTTA, LoadedCheckpoint, load_for_export, torch_logits
+from .evaluate import (
+    EvalResult,
+    LabelledImages,
+    Parity,
+    calibration_inputs,
+    compare,
+    cpu_model,
+    default_threads,
+    load_labelled,
+    make_session,
+    median_ms_per_image,
+    random_inputs,
+    run_session,
+    score,
+    stratified_sample,
+)
 from .variants import QuantConfig, to_fp16, to_int8
 
 log = logging.getLogger("export")
@@ -54,7 +61,6 @@ log = logging.getLogger("export")
 PRECISIONS = ("fp32", "fp16", "int8")
 TTA_MODES = ("none", "flip")
 MIN_OPSET = 17
-MODEL_NAME = "efficientnet_b0"
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 #: A reduced-precision variant losing more than this (accuracy, absolute) is flagged.
@@ -191,146 +197,6 @@ class ExportReport:
         return "\n".join(lines)
 
 
-@dataclass
-class LoadedCheckpoint:
-    """A checkpoint's model (eval mode, logits out) and the facts export needs."""
-
-    model: nn.Module
-    config: TrainConfig
-    classes: list[str]
-    spec: PreprocessSpec
-    epoch: int | None
-    val: dict | None
-    sha256: str
-    #: The file it was loaded from (an ensemble's: its first member's).
-    path: Path
-    #: For an ensemble, its members in order (``model`` is then a :class:`MeanLogits`).
-    members: list["LoadedCheckpoint"] = field(default_factory=list)
-
-
-class FlipTTA(nn.Module):
-    """Mean logits of each image and its horizontal mirror, in one batched pass."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
-        # One pass on 2N images is cheaper than two passes at batch 1.
-        y = self.model(torch.cat([x, x.flip(-1)]))
-        return (y[:n] + y[n:]) / 2
-
-
-class MeanLogits(nn.Module):
-    """Mean logits of several models on the same input (an ensemble in one graph)."""
-
-    def __init__(self, models: list[nn.Module]) -> None:
-        super().__init__()
-        self.members = nn.ModuleList(models)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([m(x) for m in self.members]).mean(0)
-
-
-def strip_softmax(model: nn.Module) -> int:
-    """Remove trailing Softmax/LogSoftmax modules of ``model.classifier``; return how many.
-
-    The runtime applies softmax itself and int8 calibration needs logits.
-    """
-    head = getattr(model, "classifier", None)
-    removed = 0
-    while isinstance(head, nn.Sequential) and len(head) and isinstance(head[-1], (nn.Softmax, nn.LogSoftmax)):
-        del head[len(head) - 1]
-        removed += 1
-    return removed
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def load_checkpoint_model(path: Path) -> LoadedCheckpoint:
-    """Rebuild the model a checkpoint describes and load its weights.
-
-    Raises:
-        CheckpointError: unreadable file, bad config, classes/preprocessing that
-            disagree with the config, or weights that do not fit the model.
-    """
-    path = Path(path)
-    ckpt = ckpt_io.load(path)
-    try:
-        cfg = TrainConfig.from_dict(ckpt["config"])
-        spec = spec_of(cfg)
-    except (ValueError, TypeError) as exc:
-        raise CheckpointError(f"{path}: invalid training config in checkpoint ({exc})") from exc
-    classes = list(ckpt.get("classes", cfg.classes))
-    if classes != list(cfg.classes):
-        raise CheckpointError(f"{path}: 'classes' {classes} disagrees with config classes {cfg.classes}")
-    if "preprocess" in ckpt:
-        try:
-            stored = PreprocessSpec.from_dict(ckpt["preprocess"])
-        except ValueError as exc:
-            raise CheckpointError(f"{path}: invalid 'preprocess' entry ({exc})") from exc
-        if stored != spec:
-            raise CheckpointError(f"{path}: 'preprocess' {stored} disagrees with the config's {spec}")
-    model = build_model(len(classes), cfg.pool, cfg.head_hidden, cfg.dropout)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except (RuntimeError, TypeError, AttributeError) as exc:
-        first = str(exc).strip().splitlines()[:4]
-        raise CheckpointError(
-            f"{path}: weights do not fit the model its config describes ({MODEL_NAME}, "
-            f"{len(classes)} classes {classes}, pool={cfg.pool}, head_hidden={cfg.head_hidden}): "
-            + " ".join(s.strip() for s in first)
-        ) from exc
-    strip_softmax(model)
-    model.eval()
-    val = ckpt.get("val") if isinstance(ckpt.get("val"), dict) else None
-    epoch = ckpt.get("epoch")
-    return LoadedCheckpoint(model, cfg, classes, spec, int(epoch) if epoch is not None else None,
-                            val, _sha256(path), path)
-
-
-def load_for_export(checkpoint: Path, ensemble: tuple[Path, ...] | list[Path] = ()) -> LoadedCheckpoint:
-    """One checkpoint, or an ensemble of ``checkpoint`` and ``ensemble`` averaged by :class:`MeanLogits`.
-
-    An ensemble's ``sha256`` is the digest of its members' digests in order, so
-    a file exported from it can be matched to the same checkpoints later; its
-    ``val``/``epoch`` are ``None`` (no member's figure describes the ensemble).
-
-    Raises:
-        CheckpointError: a member is unreadable, or members differ in classes or preprocessing.
-    """
-    first = load_checkpoint_model(Path(checkpoint))
-    if not ensemble:
-        return first
-    members = [first]
-    for path in ensemble:
-        other = load_checkpoint_model(Path(path))
-        if other.classes != first.classes or other.spec != first.spec:
-            raise CheckpointError(
-                f"{path} cannot join an ensemble with {checkpoint}: classes {other.classes} vs {first.classes}, "
-                f"preprocessing {other.spec} vs {first.spec}; members must agree on both")
-        members.append(other)
-    digest = hashlib.sha256("".join(m.sha256 for m in members).encode()).hexdigest()
-    model = MeanLogits([m.model for m in members]).eval()
-    return LoadedCheckpoint(model, first.config, first.classes, first.spec, None, None, digest, first.path, members)
-
-
-def torch_logits(model: nn.Module, inputs: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """PyTorch eager logits for float32 inputs (N, 3, S, S)."""
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(inputs), batch_size):
-            out.append(model(torch.from_numpy(inputs[i : i + batch_size])).float().numpy())
-    return np.concatenate(out)
-
-
 def export_graph(model: nn.Module, input_size: int, opset: int, path: Path) -> onnx.ModelProto:
     """TorchScript-exporter ONNX graph with a dynamic batch axis, checked by ``onnx.checker``.
 
@@ -440,7 +306,8 @@ def build_info(cfg: ExportConfig, loaded: LoadedCheckpoint, val: dict[str, EvalR
         acc, f1, source = None, None, "not measured: export with --data DIR"
     version = cfg.model_version or "+".join(_default_version(m) for m in loaded.members or [loaded])
     classes = ", ".join(loaded.classes)
-    name = f"{len(loaded.members)} x {MODEL_NAME} (mean logits)" if loaded.members else MODEL_NAME
+    arch = MODEL_NAMES[loaded.config.arch]
+    name = f"{len(loaded.members)} x {arch} (mean logits)" if loaded.members else arch
     return ModelInfo(
         labels=list(loaded.classes),
         preprocess=loaded.spec,
@@ -450,13 +317,41 @@ def build_info(cfg: ExportConfig, loaded: LoadedCheckpoint, val: dict[str, EvalR
         input_name=INPUT_NAME,
         output=OUTPUT_NAME,
         tta=cfg.tta,
-        training_data=f"train split of {loaded.config.data} (classes {classes})",
+        training_data=training_data(loaded.config.data, classes),
         val_accuracy=float(acc) if acc is not None else None,
         val_macro_f1=float(f1) if f1 is not None else None,
         export_date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         exporter_version=fer_edge.__version__,
         extra={**extra, "val_source": source},
     )
+
+
+def training_data(data: str, classes: str) -> str:
+    """What the metadata says of the training data: the data set's folder name and split.
+
+    Never the local path, which means nothing on another machine.
+
+    Example:
+        >>> training_data("../shared/data/fer2013", "happy, sad")
+        'fer2013, train split (classes happy, sad)'
+    """
+    return f"{Path(data).name or data}, train split (classes {classes})"
+
+
+def measure_speed(graph: bytes, inputs: np.ndarray, threads: int) -> dict:
+    """Median ms/image of the written graph at batch 1 and 32 on the CPU, for the metadata.
+
+    ``fer-edge models`` shows these; ``python -m benchmarks`` measures properly
+    (more repeats, every model in one run).
+    """
+    session = make_session(graph, threads)
+    return {
+        "ms_per_image_b1": round(median_ms_per_image(session, inputs, batch=1, calls=50, warmup=10), 4),
+        "ms_per_image_b32": round(median_ms_per_image(session, inputs, batch=32, calls=20, warmup=3), 4),
+        "threads": threads or default_threads(),
+        "provider": "CPUExecutionProvider",
+        "machine": cpu_model(),
+    }
 
 
 def with_metadata(graph: onnx.ModelProto, info: ModelInfo) -> bytes:
@@ -476,30 +371,17 @@ def with_metadata(graph: onnx.ModelProto, info: ModelInfo) -> bytes:
 
 
 def write_atomic(data: bytes, out: Path, force: bool) -> None:
-    """Write via a temporary file in the same folder; never clobber without ``force``.
+    """Write via :func:`fer_edge.atomic.atomic_write`; never clobber without ``force``.
 
     Raises:
-        ExportError: ``out`` exists and ``force`` is false.
+        OutputExistsError: ``out`` exists (or appeared meanwhile) and ``force`` is false.
     """
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_write(out, "wb", place=replace if force else create_new) as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp makes the file private (0600); a shipped model must be readable by all.
-        os.chmod(tmp, 0o666 & ~current_umask())
-        if force:
-            os.replace(tmp, out)
-        else:
-            # link() fails if out appeared meanwhile: no check-then-write race.
-            try:
-                os.link(tmp, out)
-            except FileExistsError:
-                raise OutputExistsError(f"{out} exists; pass --force to overwrite it") from None
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    except FileExistsError:
+        raise OutputExistsError(f"{out} exists; pass --force to overwrite it") from None
 
 
 def _default_version(loaded: LoadedCheckpoint) -> str:
@@ -616,6 +498,7 @@ def export_checkpoint(cfg: ExportConfig) -> ExportReport:
         "parity": [p.to_dict() for p in parity],
         "val_by_precision": {k: v.to_dict() for k, v in val_results.items()},
         "speed_b32_ms_per_image": speed or None,
+        "speed": measure_speed(final.SerializeToString(), inputs, cfg.threads),
     }
     if cfg.precision == "int8":
         extra["quantization"] = {**cfg.quant.to_dict(), "calibration_images": cfg.calib_images}

@@ -65,6 +65,8 @@ class QuantConfig:
         keep_ends_float: Leave the stem Conv and the classifier in float
             (the layers most sensitive to quantization in small nets).
         calib_batch: Images per calibration forward pass.
+        pre_process: Run ONNX Runtime's recommended ``quant_pre_process``
+            (symbolic shape inference, graph optimisation) before quantizing.
     """
 
     format: str = "qoperator"
@@ -77,6 +79,7 @@ class QuantConfig:
     weight_type: str = "s8"
     keep_ends_float: bool = False
     calib_batch: int = 16
+    pre_process: bool = True
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the valid choices for any bad field."""
@@ -95,7 +98,7 @@ class QuantConfig:
         return asdict(self)
 
     @classmethod
-    def from_label(cls, label: str) -> "QuantConfig":
+    def from_label(cls, label: str) -> QuantConfig:
         """Inverse of :meth:`label` (fields not in the label keep their defaults).
 
         Raises:
@@ -103,15 +106,16 @@ class QuantConfig:
         """
         parts = label.strip().split("/")
         form = ("FORMAT/SCOPE/CALIBRATION/per-channel|per-tensor/{u8|s8}{u8|s8}"
-                "[/reduce-range][/float-ends]")
+                "[/reduce-range][/float-ends][/no-preprocess]")
         flags = parts[5:]
         if (len(parts) < 5 or parts[3] not in ("per-channel", "per-tensor") or len(parts[4]) != 4
-                or not set(flags) <= {"reduce-range", "float-ends"} or len(set(flags)) != len(flags)):
+                or not set(flags) <= {"reduce-range", "float-ends", "no-preprocess"}
+                or len(set(flags)) != len(flags)):
             raise ValueError(f"int8 recipe {label!r} is not of the form {form}")
         cfg = cls(format=parts[0], scope=parts[1], calibrate_method=parts[2],
                   per_channel=parts[3] == "per-channel", activation_type=parts[4][:2],
                   weight_type=parts[4][2:], reduce_range="reduce-range" in flags,
-                  keep_ends_float="float-ends" in flags)
+                  keep_ends_float="float-ends" in flags, pre_process="no-preprocess" not in flags)
         cfg.validate()
         return cfg
 
@@ -121,7 +125,8 @@ class QuantConfig:
                  "per-channel" if self.per_channel else "per-tensor",
                  f"{self.activation_type}{self.weight_type}"]
         parts += [flag for flag, on in (("reduce-range", self.reduce_range),
-                                         ("float-ends", self.keep_ends_float)) if on]
+                                         ("float-ends", self.keep_ends_float),
+                                         ("no-preprocess", not self.pre_process)) if on]
         return "/".join(parts)
 
 
@@ -242,8 +247,13 @@ def to_int8(model: onnx.ModelProto, calibration: np.ndarray, cfg: QuantConfig,
     Returns:
         The quantized graph.
     """
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
-                                          QuantType, quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     cfg.validate()
     if len(calibration) == 0:
@@ -262,10 +272,6 @@ def to_int8(model: onnx.ModelProto, calibration: np.ndarray, cfg: QuantConfig,
         def get_next(self) -> dict | None:
             return next(self._batches, None)
 
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    chosen = set(select_nodes(model, cfg.scope, cfg.keep_ends_float))
-    excluded = [n.name for n in model.graph.node if n.name not in chosen]
-    conv_only = cfg.scope in ("conv", "dense", "pointwise")
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[cfg.calibrate_method]
     qtype = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
@@ -278,6 +284,20 @@ def to_int8(model: onnx.ModelProto, calibration: np.ndarray, cfg: QuantConfig,
     with tempfile.TemporaryDirectory(prefix="fer-edge-int8-") as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(model, src)
+        if cfg.pre_process:
+            from onnxruntime.quantization.shape_inference import quant_pre_process
+
+            # ORT's recommended step: shape inference plus graph optimisation
+            # (BN folding, constant folding) so the quantizer sees final nodes.
+            pre = Path(tmp) / "pre.onnx"
+            quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
+            src = pre
+        # Nodes are chosen on the graph that is quantized (pre-processing renames some).
+        graph = onnx.load(src)
+        chosen = set(select_nodes(graph, cfg.scope, cfg.keep_ends_float))
+        excluded = [n.name for n in graph.graph.node if n.name not in chosen]
+        onnx.save(graph, src)
+        conv_only = cfg.scope in ("conv", "dense", "pointwise")
         quantize_static(
             src, dst, _Reader(),
             quant_format=QuantFormat.QOperator if cfg.format == "qoperator" else QuantFormat.QDQ,

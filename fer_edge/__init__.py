@@ -11,27 +11,30 @@ Example:
 
 from __future__ import annotations
 
-# Defined before the imports below: classifier.py reads it.
-__version__ = "0.1.0"
-
-from .classifier import DEFAULT_MODEL, FACE_MODES, Classifier  # noqa: E402
-from .errors import (  # noqa: E402
+from ._version import __version__
+from .blazeface import BlazeFace
+from .classifier import DEFAULT_MODEL, FACE_MODES, Classifier
+from .detector import FaceBox, FaceDetector
+from .errors import (
     DependencyError,
     FerEdgeError,
     ImageError,
     ModelError,
     ProviderError,
 )
-from .metadata import ModelInfo  # noqa: E402
-from .preprocess import PreprocessSpec  # noqa: E402
-from .providers import available_providers  # noqa: E402
-from .results import FaceResult, ImageResult, Prediction  # noqa: E402
+from .metadata import ModelInfo
+from .preprocess import PreprocessSpec
+from .providers import available_providers
+from .results import FaceResult, ImageResult, Prediction
 
 __all__ = [
     "__version__",
     "Classifier",
     "DEFAULT_MODEL",
     "FACE_MODES",
+    "BlazeFace",
+    "FaceBox",
+    "FaceDetector",
     "Prediction",
     "FaceResult",
     "ImageResult",

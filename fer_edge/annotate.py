@@ -1,6 +1,6 @@
 """Draw face boxes and predicted labels onto a copy of an image.
 
-Pillow only (no OpenCV), so annotating works without the ``detect`` extra,
+Pillow only (no OpenCV), so annotating works without face detection,
 e.g. for ``faces="off"`` results whose one box is the whole image.
 
 Example:

@@ -20,47 +20,55 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence, cast
 
 import numpy as np
 import onnxruntime as ort
-from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 from PIL import Image
 
-from . import __version__
+from . import faces as faces_module
+from ._version import __version__
+from .blazeface import BlazeFace
+from .detector import FaceDetector
 from .errors import ImageError, ModelError, ProviderError
+from .faces import FACE_MODES, check_mode  # noqa: F401  (FACE_MODES: re-exported for fer_edge, the CLI)
 from .files import display_path, printable
 from .metadata import ModelInfo
-from .preprocess import ImageInput, PreprocessSpec, checked_gray, load_image, normalize
-from .providers import ProvidersArg, available_providers, provider_options, resolve_providers
+from .preprocess import (
+    EncodedImage,
+    ImageInput,
+    PreprocessSpec,
+    checked_gray,
+    load_reduced,
+    normalize,
+)
+from .providers import ORT_MODEL_ERRORS as _ORT_MODEL_ERRORS
+from .providers import ProvidersArg, available_providers, resolve_providers
+from .providers import first_line as _first_line
+from .providers import open_session as _open_session
 from .results import FaceResult, ImageResult, Prediction
+from .zoo import MODELS_DIR, resolve_model
+
+if TYPE_CHECKING:
+    from .video import VideoAnalysis
 
 log = logging.getLogger("fer_edge")
 
 #: The trained model shipped inside the package.
-DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default.onnx"
-#: ``faces=`` choices of :meth:`Classifier.analyze`: detect if the image looks
-#: like more than a face crop, always detect, never detect.
-FACE_MODES = ("auto", "on", "off")
+DEFAULT_MODEL = MODELS_DIR / "default.onnx"
 #: ``errors=`` choices of :meth:`Classifier.analyze_batch`.
 ERROR_MODES = ("raise", "record")
 DEFAULT_BATCH_SIZE = 32
+#: Before face detection, very large JPEGs (see :data:`fer_edge.preprocess.REDUCE_ABOVE_PIXELS`)
+#: are decoded reduced, keeping both sides at least this long: the default detector
+#: looks at 384 px at most (:data:`fer_edge.blazeface.FINE_SIDE`), and the crops
+#: keep at least ~4x the model's 48 px input for faces it can find.
+DETECTION_MIN_SIDE = 2048
 
 _INPUT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
-
-
-def _ort_errors(*names: str) -> tuple[type[BaseException], ...]:
-    # The set of exception classes differs between ONNX Runtime releases.
-    return tuple(getattr(_ort_state, n) for n in names if hasattr(_ort_state, n))
-
-
-_ORT_MODEL_ERRORS = _ort_errors(
-    "Fail", "InvalidArgument", "InvalidGraph", "InvalidProtobuf", "NoSuchFile", "NoModel",
-    "NotImplemented", "RuntimeException", "ModelRequiresCompilation",
-)
-_ORT_PROVIDER_ERRORS = _ort_errors("EPFail", "EngineError")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -97,45 +105,19 @@ class _Region:
 
 
 def _model_file(model: str | os.PathLike | None) -> Path:
-    if model is None:
-        if not DEFAULT_MODEL.is_file():
-            raise ModelError(
-                f"the default model is not installed ({DEFAULT_MODEL} is missing); "
-                "pass a model file instead: Classifier('model.onnx') or fer-edge --model model.onnx "
-                "(python -m export writes one)"
-            )
-        return DEFAULT_MODEL
-    path = Path(model)
+    if model is None and not DEFAULT_MODEL.is_file():
+        raise ModelError(
+            f"the default model is not installed ({DEFAULT_MODEL} is missing); "
+            "pass a model file instead: Classifier('model.onnx') or fer-edge --model model.onnx "
+            "(python -m export writes one)"
+        )
+    path = DEFAULT_MODEL if model is None else resolve_model(model)
     name = display_path(path)
     if path.is_dir():
         raise ModelError(f"{name}: is a directory, not an ONNX model file")
     if not path.exists():
         raise ModelError(f"{name}: no such model file")
     return path
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _open_session(path: Path, providers: list[str], threads: int) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    # Errors only: ORT's warnings (e.g. nodes placed on CPU) are noise for users;
-    # the provider actually used is checked and reported by the Classifier.
-    opts.log_severity_level = 3
-    name = display_path(path)
-    with_options = [(p, provider_options(p)) for p in providers]
-    try:
-        return ort.InferenceSession(os.fspath(path), sess_options=opts, providers=with_options)
-    except _ORT_PROVIDER_ERRORS as exc:
-        raise ProviderError(f"{name}: execution provider {providers[0]} failed to start: "
-                            f"{_first_line(exc)}") from None
-    except _ORT_MODEL_ERRORS as exc:
-        raise ModelError(f"{name}: not a loadable ONNX model ({_first_line(exc)})") from None
-    except PermissionError:
-        raise ModelError(f"{name}: permission denied") from None
 
 
 def _check_graph(session: ort.InferenceSession, info: ModelInfo, name: str) -> _Graph:
@@ -173,6 +155,9 @@ def _source_name(image: object) -> str | None:
     """The path of a file input (printable), ``None`` for in-memory images."""
     if isinstance(image, (str, os.PathLike)):
         return display_path(image)
+    if isinstance(image, EncodedImage):
+        # A file read elsewhere (fer_edge.distributed) is reported as that file.
+        return display_path(image.name)
     return None
 
 
@@ -183,14 +168,21 @@ class Classifier:
     keep no state between calls, and ONNX Runtime sessions are thread-safe.
 
     Args:
-        model: Path of an ONNX model written by ``python -m export``; ``None``
-            loads the model shipped in the package (:data:`DEFAULT_MODEL`).
+        model: A shipped model's name (``"default"``, ``"fast"``; see
+            :func:`fer_edge.zoo.shipped_models`) or the path of an ONNX model
+            written by ``python -m export``; names are resolved before paths.
+            ``None`` loads the shipped ``default`` model (:data:`DEFAULT_MODEL`).
         providers: ``None`` to pick automatically (see
             :data:`fer_edge.providers.PREFERENCE`), or provider names/aliases
             (``"cuda"``, ``["TensorrtExecutionProvider", "cpu"]``), used
             exactly as given.
         threads: Intra-op threads for ONNX Runtime; 0 lets it decide.
         batch_size: Images per ``session.run`` in batched calls.
+        detector: What finds faces for ``analyze(..., faces="on"|"auto")``:
+            any :class:`fer_edge.detector.FaceDetector`. ``None``: the shipped
+            :class:`fer_edge.blazeface.BlazeFace`, opened on first use on the
+            providers this model's session got (so it runs on the GPU when the
+            model does) and with the same ``threads``.
 
     Attributes:
         model_path: The model file in use.
@@ -216,12 +208,20 @@ class Classifier:
         providers: ProvidersArg = None,
         threads: int = 0,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        detector: FaceDetector | None = None,
     ) -> None:
+        if detector is not None and not callable(getattr(detector, "detect", None)):
+            raise TypeError(f"detector must have a detect(image) method, got {type(detector).__name__}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if not isinstance(threads, int) or threads < 0:
             raise ValueError(f"threads must be an int >= 0 (0 = automatic), got {threads!r}")
         self.model_path = _model_file(model)
+        self._threads = threads  # kept to reopen the session after unpickling
+        self._detector = detector
+        # The default detector is opened lazily (most runs of face crops never
+        # need it); the lock makes threads sharing this Classifier open one.
+        self._detector_lock = threading.Lock()
         requested = resolve_providers(providers)
         self._session = _open_session(self.model_path, requested, threads)
         self.providers: list[str] = list(self._session.get_providers())
@@ -252,6 +252,39 @@ class Classifier:
     def __repr__(self) -> str:
         return (f"Classifier({display_path(self.model_path)!r}, labels={self.labels}, "
                 f"provider={self.provider!r})")
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Everything but the ONNX Runtime session, which cannot be pickled.
+
+        So a Classifier can be sent to ``spawn``/``forkserver`` worker
+        processes (``multiprocessing``, ``concurrent.futures``); each worker
+        reopens the model file, which must exist at the same path there.
+        """
+        state = self.__dict__.copy()
+        del state["_session"]
+        del state["_detector_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Reopen the session on the same model file and providers, and recheck it."""
+        self.__dict__.update(state)
+        self._detector_lock = threading.Lock()
+        self._session = _open_session(self.model_path, self.providers, self._threads)
+        self._graph = _check_graph(self._session, self.info, display_path(self.model_path))
+
+    @property
+    def detector(self) -> FaceDetector:
+        """The face detector ``analyze`` uses (the shipped BlazeFace unless one was given).
+
+        Raises:
+            ModelError: The shipped detector model is missing or corrupt.
+        """
+        if self._detector is None:
+            with self._detector_lock:
+                if self._detector is None:
+                    # Explicit providers: exactly the ones the model runs on.
+                    self._detector = BlazeFace(providers=self.providers, threads=self._threads)
+        return self._detector
 
     @property
     def labels(self) -> list[str]:
@@ -300,7 +333,7 @@ class Classifier:
 
     def predict(
         self, image: ImageInput | Sequence[ImageInput]
-    ) -> Union[Prediction, list[Prediction]]:
+    ) -> Prediction | list[Prediction]:
         """Classify one image (the whole image is taken as the face).
 
         Args:
@@ -322,7 +355,9 @@ class Classifier:
         """
         if isinstance(image, (list, tuple)):
             return self.predict_batch(image)
-        return self.predict_batch([image])[0]
+        # Lists and tuples went above; what is left is one image (a str path is a
+        # Sequence too, which is why mypy cannot narrow this by itself).
+        return self.predict_batch([cast(ImageInput, image)])[0]
 
     def predict_batch(self, images: Iterable[ImageInput]) -> list[Prediction]:
         """Classify many images, ``batch_size`` per ``session.run``.
@@ -340,7 +375,8 @@ class Classifier:
             >>> [p.label in clf.labels for p in clf.predict_batch([Image.new("L", (9, 9))] * 3)]
             [True, True, True]
         """
-        grays = [self._gray(load_image(img), img) for img in images]
+        # Only the model-size grey arrays are kept; each decoded image is freed at once.
+        grays = [self._gray(load_reduced(img, self.spec.input_size)[0], img) for img in images]
         return self._classify(grays)
 
     # -- face-aware analysis ---------------------------------------------
@@ -351,9 +387,11 @@ class Classifier:
         Args:
             image: A path, PIL image, or numpy array.
             faces: ``"off"``: the whole image is one face; ``"on"``: detect
-                faces (needs OpenCV, ``pip install "fer-edge[detect]"``);
-                ``"auto"``: detect unless the image already looks like a face
-                crop. No face found gives ``faces=[]``, not an error.
+                faces with :attr:`detector` and classify each, cut out upright
+                (:func:`fer_edge.faces.crop_face`); ``"auto"``: detect unless
+                the image already looks like a face crop
+                (:func:`fer_edge.faces.needs_detection`). No face found gives
+                ``faces=[]``, not an error.
 
         Returns:
             An :class:`ImageResult` with one :class:`FaceResult` per face.
@@ -361,7 +399,8 @@ class Classifier:
         Raises:
             ImageError: The image cannot be read.
             ValueError: ``faces`` is not one of :data:`FACE_MODES`.
-            DependencyError: Detection is needed and OpenCV is missing.
+            ModelError: Detection is needed and the face detector model is
+                missing or corrupt (the message names the file).
 
         Example:
             >>> from PIL import Image
@@ -391,14 +430,15 @@ class Classifier:
             >>> [r.error for r in clf.analyze_batch(["missing.png"], errors="record")]
             ['missing.png: no such file']
         """
-        _check_choice("faces", faces, FACE_MODES)
+        check_mode(faces)
         _check_choice("errors", errors, ERROR_MODES)
         results: list[ImageResult] = []
         crops: list[np.ndarray] = []
-        owners: list[tuple[ImageResult, _Region]] = []
+        owners: list[tuple[ImageResult, tuple[int, int, int, int], float | None]] = []
+        min_side = self.spec.input_size if faces == "off" else DETECTION_MIN_SIDE
         for image in images:
             try:
-                img = load_image(image)
+                img, full = load_reduced(image, min_side)
                 detected, regions = self._regions(img, faces)
                 grays = [self._gray(r.image, image) for r in regions]
             except ImageError as exc:
@@ -406,12 +446,15 @@ class Classifier:
                     raise
                 results.append(ImageResult.failed(_source_name(image), printable(str(exc))))
                 continue
-            result = ImageResult(_source_name(image), img.width, img.height, detected, [])
+            result = ImageResult(_source_name(image), full[0], full[1], detected, [])
             results.append(result)
             crops.extend(grays)
-            owners.extend((result, region) for region in regions)
-        for (result, region), pred in zip(owners, self._classify(crops)):
-            result.faces.append(FaceResult(region.box, region.score, pred))
+            owners.extend((result, _scale_box(r.box, img.size, full), r.score) for r in regions)
+            # Only the model-size crops and the boxes outlive this step; freed
+            # now, the image is not alive while the next one is decoded.
+            del img, regions
+        for (result, box, score), pred in zip(owners, self._classify(crops)):
+            result.faces.append(FaceResult(box, score, pred))
         return results
 
     def analyze_iter(
@@ -429,7 +472,7 @@ class Classifier:
             >>> [r.ok for r in clf.analyze_iter([Image.new("L", (8, 8))] * 3 + ["nope.jpg"])]
             [True, True, True, False]
         """
-        _check_choice("faces", faces, FACE_MODES)
+        check_mode(faces)
         _check_choice("errors", errors, ERROR_MODES)
         chunk: list[ImageInput] = []
         for image in images:
@@ -439,6 +482,37 @@ class Classifier:
                 chunk = []
         if chunk:
             yield from self.analyze_batch(chunk, faces=faces, errors=errors)
+
+    def analyze_video(self, source: str | os.PathLike | None = None, **options: Any) -> VideoAnalysis:
+        """Detect, classify and track the faces of a video file, camera or stream, lazily.
+
+        Needs PyAV (``pip install 'fer-edge[video]'``). Memory does not grow
+        with the video's length: a few decoded frames and the live tracks.
+
+        Args:
+            source: A video file or a URL FFmpeg can open (``rtsp://...``).
+            **options: ``camera`` (a local camera's number, instead of
+                ``source``), ``every`` (analyse every Nth frame), ``fps``
+                (analyse at most F frames per second), ``start``/``end``
+                (seconds, files), ``smooth`` (EMA weight of the newest frame,
+                e.g. 0.3; ``None``: raw), ``all_frames`` (also yield frames not
+                analysed), ``keep_images`` (attach the decoded frames),
+                ``min_iou``/``max_missed`` (tracking); see
+                :class:`fer_edge.video.VideoAnalysis`.
+
+        Returns:
+            A :class:`fer_edge.video.VideoAnalysis`: iterate it for
+            :class:`fer_edge.video.VideoFrameResult` objects; ``.stats`` and
+            ``.info`` say how far it got and what the video is.
+
+        Raises:
+            DependencyError: PyAV is not installed.
+            VideoError: The source cannot be opened (at once), or decoding
+                stopped early (while iterating, after the frames that decoded).
+        """
+        from .video import VideoAnalysis  # lazy: PyAV is an optional extra
+
+        return VideoAnalysis(self, source, **options)
 
     # -- internals -------------------------------------------------------
 
@@ -451,16 +525,13 @@ class Classifier:
         whole = [_Region((0, 0, img.width, img.height), None, img)]
         if mode == "off":
             return False, whole
-        # Imported here so that OpenCV is only needed when detection is asked for.
-        from . import faces as face_detection
-
-        if not face_detection.needs_detection(img, mode):
+        if not faces_module.needs_detection(img, mode):
             return False, whole
-        boxes = face_detection.detect_faces(img)
+        boxes = self.detector.detect(img)
         return True, [
             _Region((int(b.x), int(b.y), int(b.w), int(b.h)),
                     None if b.score is None else float(b.score),
-                    face_detection.crop_face(img, b))
+                    faces_module.crop_face(img, b))
             for b in boxes
         ]
 
@@ -474,12 +545,34 @@ class Classifier:
 
     def _probabilities(self, x: np.ndarray) -> np.ndarray:
         """Run the model on float32 (n, 3, S, S); returns (n, classes) probabilities."""
+        return softmax(self.logits(x))
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """Raw model outputs for already-preprocessed input, in :attr:`labels` order.
+
+        For callers that preprocess themselves (a distillation teacher, a
+        benchmark): ``x`` is float32 (n, 3, S, S) as :func:`fer_edge.preprocess.normalize`
+        returns. Any n works, also with a fixed-batch model.
+
+        Raises:
+            ModelError: The run failed or produced non-finite values.
+
+        Example:
+            >>> from fer_edge.preprocess import normalize
+            >>> clf = Classifier(test_model_path)
+            >>> x = normalize(np.zeros((5, clf.spec.input_size, clf.spec.input_size), np.uint8), clf.spec)
+            >>> clf.logits(x).shape
+            (5, 2)
+        """
+        static = self._graph.static_batch
+        if static and len(x) > static:
+            return np.concatenate([self.logits(x[i:i + static]) for i in range(0, len(x), static)])
         n = len(x)
         if self._graph.static_batch and n < self._graph.static_batch:
             # A fixed-batch model needs full batches: pad, then drop the padding.
             pad = np.zeros((self._graph.static_batch - n, *x.shape[1:]), dtype=x.dtype)
             x = np.concatenate([x, pad])
-        feed = {self._graph.input_name: x.astype(self._graph.input_dtype, copy=False)}
+        feed: dict[str, np.ndarray] = {self._graph.input_name: x.astype(self._graph.input_dtype, copy=False)}
         try:
             (logits,) = self._session.run([self._graph.output_name], feed)
         except _ORT_MODEL_ERRORS as exc:
@@ -492,7 +585,7 @@ class Classifier:
         if not np.all(np.isfinite(logits)):
             raise ModelError(f"{display_path(self.model_path)}: model produced NaN or "
                              "infinite logits")
-        return softmax(logits)
+        return logits.astype(np.float32, copy=False)
 
     def _prediction(self, probs: np.ndarray) -> Prediction:
         labels = self.info.labels
@@ -502,6 +595,16 @@ class Classifier:
             score=float(probs[best]),
             probabilities={label: float(p) for label, p in zip(labels, probs)},
         )
+
+
+def _scale_box(box: tuple[int, int, int, int], size: tuple[int, int],
+               full: tuple[int, int]) -> tuple[int, int, int, int]:
+    """A box in an image of ``size`` mapped to the pixels of its ``full`` size."""
+    if size == full:
+        return box
+    sx, sy = full[0] / size[0], full[1] / size[1]
+    x, y, w, h = box
+    return round(x * sx), round(y * sy), round(w * sx), round(h * sy)
 
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:

@@ -6,7 +6,9 @@ Exit status (also in ``--help`` and the README):
 * 1: some inputs failed, each named on stderr, all others still classified;
   or the model or a dependency could not be used;
 * 2: usage error: unknown option, bad value, unavailable ``--provider``,
-  ``--output`` file exists without ``--force``.
+  ``--output`` file exists without ``--force``;
+* 128 + N when stopped by signal N: 130 (SIGINT, Ctrl-C), 143 (SIGTERM),
+  129 (SIGHUP); the temporary output file is removed first.
 
 Example:
     >>> from click.testing import CliRunner
@@ -19,22 +21,36 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
+import signal
 import sys
+import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence, TextIO
 
 import click
 
-from . import __version__
+from ._version import __version__
 from .classifier import FACE_MODES, Classifier
 from .errors import DependencyError, FerEdgeError, ProviderError
-from .files import display_path, find_images, printable
-from .output import FORMATS, OutputError, atomic_output, check_output_path, error_line, make_writer
+from .files import PathArg, display_path, find_images, is_image_name, printable
+from .metadata import describe_color_mode, describe_training_data
+from .output import (
+    FORMATS,
+    OutputError,
+    Writer,
+    atomic_output,
+    check_output_path,
+    error_line,
+    make_writer,
+    write_error,
+)
 from .providers import available_providers, ort_version, resolve_providers
 from .results import ImageResult
+from .zoo import is_model_name, model_cards, shipped_models
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -43,7 +59,8 @@ Exit status:
   0  every input classified
   1  some inputs failed (each named on stderr; all others still classified),
      or the model could not be used
-  2  usage error (bad option or value, --output exists without --force)"""
+  2  usage error (bad option or value, --output exists without --force)
+  130, 143, 129  stopped by SIGINT (Ctrl-C), SIGTERM, SIGHUP"""
 
 log = logging.getLogger("fer_edge")
 
@@ -79,8 +96,11 @@ class _EchoHandler(logging.Handler):
 
 def _setup_logging(verbose: int) -> None:
     """-v: provider, counts, summary; -vv: also each skipped file and Python warnings."""
+    # Pillow logs some refusals itself, without the file name (which the file's
+    # error line gives): shown, escaped, only with -vv, never as raw stderr lines.
     for name, level in (("fer_edge", logging.INFO if verbose else logging.WARNING),
-                        ("py.warnings", logging.WARNING if verbose >= 2 else logging.ERROR)):
+                        ("py.warnings", logging.WARNING if verbose >= 2 else logging.ERROR),
+                        ("PIL", logging.WARNING if verbose >= 2 else logging.CRITICAL + 1)):
         logger = logging.getLogger(name)
         for old in [h for h in logger.handlers if isinstance(h, _EchoHandler)]:
             logger.removeHandler(old)
@@ -119,10 +139,29 @@ def _load_classifier(opts: ModelOptions) -> Classifier:
         raise click.BadParameter(printable(str(exc)), param_hint="'--provider'") from None
 
 
+def _model_param(ctx: click.Context, param: click.Parameter, value: str | None) -> Path | None:
+    """``--model``: a shipped model's name first, else an existing file (usage error otherwise)."""
+    if value is None:
+        return None
+    shipped = shipped_models()
+    if value in shipped:
+        return shipped[value]
+    path = Path(value)
+    if path.is_file():
+        return path
+    names = ", ".join(shipped) or "none installed"
+    if is_model_name(value):
+        raise click.BadParameter(f"{value!r} is not a shipped model; shipped: {names} "
+                                 "(or give the path of an .onnx file)")
+    what = "is a directory, not a model file" if path.is_dir() else "no such model file"
+    raise click.BadParameter(f"{printable(value)}: {what} (shipped models: {names})")
+
+
 def _model_options(func: Callable) -> Callable:
     decorators = [
-        click.option("--model", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                     help="ONNX model written by `python -m export` [default: the shipped model]."),
+        click.option("--model", metavar="NAME|FILE", callback=_model_param,
+                     help="A shipped model by name (see `fer-edge models`: default, fast...) "
+                          "or an ONNX file written by `python -m export` [default: default]."),
         click.option("--provider", metavar="NAME",
                      help="Execution provider(s), used exactly or failing with the list of "
                           "available ones: cpu, cuda, tensorrt, coreml, directml, a full ONNX "
@@ -144,7 +183,36 @@ def _common_options(func: Callable) -> Callable:
                         help="Report provider, counts, skipped files (-vv: list them).")(func)
 
 
-@click.group(epilog=EXIT_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """The ``fer-edge`` command group; a path where a command belongs gets a hint.
+
+    ``fer-edge photos/`` is a natural first try; click alone would answer only
+    "No such command".
+    """
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError:
+            name = args[0] if args else ""
+            if not _looks_like_path(name):
+                raise
+            ctx.fail(f"No such command {name!r}. To classify images, run:\n\n"
+                     f"    fer-edge classify {shlex.join(args)}")
+
+
+def _looks_like_path(word: str) -> bool:
+    """Whether an unknown command word is more likely a file or folder to classify."""
+    if not word or word.startswith("-"):
+        return False
+    return (os.path.exists(word) or "/" in word or os.sep in word
+            or is_image_name(word))
+
+
+@click.group(cls=_Group, epilog=EXIT_HELP,
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "-V", "--version", prog_name="fer-edge",
                       message="%(prog)s %(version)s")
 def cli() -> None:
@@ -197,7 +265,16 @@ def _report_failure(progress: _Progress, message: str) -> None:
 @contextmanager
 def _result_stream(output: Path | None, force: bool) -> Iterator[TextIO]:
     if output is None:
-        yield sys.stdout
+        try:
+            yield sys.stdout
+            sys.stdout.flush()
+        except OSError as exc:
+            failure = write_error(exc, "standard output")
+            if failure is None:
+                raise
+            # What could not be written must not be retried at exit (a second message).
+            sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115
+            raise failure from None
         return
     with atomic_output(output, force=force) as stream:
         yield stream
@@ -220,8 +297,13 @@ def _write_annotated(src: Path, result: ImageResult, out_dir: Path) -> Path:
                           f"{display_path(out_dir)} ({exc})") from None
 
 
-def _check_usage(paths: Sequence[Path], opts: ClassifyOptions) -> None:
+def _check_usage(paths: Sequence[PathArg], opts: ClassifyOptions) -> None:
     """Usage errors (exit 2) found before any work is done."""
+    if any(os.fspath(p) == "" for p in paths):
+        # An empty argument (an unset shell variable) names nothing; taking it
+        # as the current folder would classify whatever happens to be there.
+        raise click.BadParameter("an empty path names no file or folder",
+                                 param_hint="'PATHS...'")
     if opts.output is not None:
         try:
             check_output_path(opts.output, opts.force)
@@ -235,12 +317,36 @@ def _check_usage(paths: Sequence[Path], opts: ClassifyOptions) -> None:
                                  param_hint="'--annotate'")
 
 
-def run_classify(paths: Sequence[Path], opts: ClassifyOptions, model: ModelOptions) -> int:
+#: ``--engine`` choices; the first is the default.
+ENGINES = ("local", "ray")
+
+
+def _check_engine(engine: str, opts: ClassifyOptions, address: str | None,
+                  workers: int | None) -> None:
+    """Usage errors (exit 2) of options that only one engine has."""
+    if engine != "ray":
+        for name, value in (("--ray-address", address), ("--workers", workers)):
+            if value is not None:
+                raise click.BadParameter("needs --engine ray", param_hint=f"'{name}'")
+        if opts.fmt == "parquet":
+            raise click.BadParameter("parquet needs --engine ray", param_hint="'--format'")
+        return
+    if opts.annotate is not None:
+        # Annotated copies are drawn from the original files on this machine;
+        # the Ray engine's inputs may live on a cluster or in object storage.
+        raise click.BadParameter("works with --engine local only", param_hint="'--annotate'")
+    if opts.fmt == "parquet" and opts.output is None:
+        raise click.BadParameter("parquet is binary: give a file with -o/--output",
+                                 param_hint="'--format'")
+
+
+def run_classify(paths: Sequence[PathArg], opts: ClassifyOptions, model: ModelOptions) -> int:
     """Classify files and folders, write the results; returns the exit status."""
     _check_usage(paths, opts)
     clf = _load_classifier(model)
     scan = find_images(paths)
-    log.info("%d files to classify; %d skipped in folders (not an image extension, or hidden)",
+    log.info("%d files to classify; %d skipped in folders (not an image extension, hidden, "
+             "or an --annotate copy)",
              len(scan.files), len(scan.skipped))
     for path in scan.skipped:
         log.debug("skipped %s", display_path(path))
@@ -253,6 +359,7 @@ def run_classify(paths: Sequence[Path], opts: ClassifyOptions, model: ModelOptio
                                                             clf.batch_size),
                          sys.stderr)
     tally = _Tally()
+    shown_in_results = _failures_shown_in_results(opts)
     with _result_stream(opts.output, opts.force) as stream:
         writer = make_writer(opts.fmt, stream, clf.labels)
         writer.begin()
@@ -260,29 +367,65 @@ def run_classify(paths: Sequence[Path], opts: ClassifyOptions, model: ModelOptio
             failed = ImageResult.failed(display_path(path), f"{display_path(path)}: {reason}")
             writer.write(failed)
             tally.failed += 1
-            _report_failure(progress, error_line(failed))
-        results = clf.analyze_iter(scan.files, faces=opts.faces, errors="record")
-        for src, result in zip(scan.files, results):
-            writer.write(result)
-            progress.advance()
-            tally.images += 1
-            tally.faces += len(result.faces)
-            if not result.ok:
-                tally.failed += 1
-                _report_failure(progress, error_line(result))
-            elif opts.annotate is not None:
-                try:
-                    written = _write_annotated(src, result, opts.annotate)
-                    log.debug("annotated copy: %s", display_path(written))
-                except FerEdgeError as exc:
-                    tally.failed += 1
-                    _report_failure(progress, f"fer-edge: error: {printable(str(exc))}")
-            stream.flush()
+            if not shown_in_results:
+                _report_failure(progress, error_line(failed))
+        try:
+            _write_results(clf, scan.files, opts, writer, stream, progress, tally, shown_in_results)
+        except BaseException:
+            # Whatever stopped the run (a model failure, Ctrl-C), the document on stdout
+            # stays whole: closed, with every image classified so far. (A -o file is
+            # only ever replaced by a complete run: atomic_output discards it.)
+            with suppress(Exception):
+                writer.end()
+            raise
         writer.end()
     progress.finish()
     log.info("%d images, %d faces, %d failed, %d skipped", tally.images, tally.faces,
              tally.failed, len(scan.skipped))
     return EXIT_FAILED if tally.failed else EXIT_OK
+
+
+def _write_results(clf: Classifier, files: Sequence[Path], opts: ClassifyOptions, writer: Writer,
+                   stream: TextIO, progress: _Progress, tally: _Tally, shown_in_results: bool) -> None:
+    """Classify ``files`` in batches and write each result as soon as it is known."""
+    results = clf.analyze_iter(files, faces=opts.faces, errors="record")
+    for src, result in zip(files, results):
+        writer.write(result)
+        progress.advance()
+        tally.images += 1
+        tally.faces += len(result.faces)
+        if not result.ok:
+            tally.failed += 1
+            if not shown_in_results:
+                _report_failure(progress, error_line(result))
+        elif opts.annotate is not None:
+            try:
+                written = _write_annotated(src, result, opts.annotate)
+                log.debug("annotated copy: %s", display_path(written))
+            except FerEdgeError as exc:
+                tally.failed += 1
+                _report_failure(progress, f"fer-edge: error: {printable(str(exc))}")
+        stream.flush()
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stream
+        return False
+
+
+def _failures_shown_in_results(opts: ClassifyOptions) -> bool:
+    """Whether the person at the terminal already sees each failure in the results.
+
+    A table printed on the terminal where stderr also goes has an ``ERROR`` row
+    per failed file; the stderr line would report the same failure a second
+    time. Any other case (results in a file or a pipe, a machine format,
+    stderr redirected) keeps the stderr line: there it is the only one the
+    person, or the log, gets.
+    """
+    return (opts.fmt == "table" and opts.output is None
+            and _is_terminal(sys.stdout) and _is_terminal(sys.stderr))
 
 
 def _progress_enabled(flag: bool | None, total: int, batch_size: int) -> bool:
@@ -293,11 +436,14 @@ def _progress_enabled(flag: bool | None, total: int, batch_size: int) -> bool:
 
 
 @cli.command(epilog=EXIT_HELP)
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default=FORMATS[0],
+# Kept as typed (str, not Path): a trailing "/" says a folder was meant, which
+# the report for a missing path uses (fer_edge.files.missing_reason).
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--format", "fmt", type=click.Choice((*FORMATS, "parquet")), default=FORMATS[0],
               show_default=True,
               help="table: for people; json: one array of records; jsonl: one record per "
-                   "line; csv: one row per face.")
+                   "line; csv: one row per face; parquet: one row per image (--engine ray, "
+                   "with -o).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Write results to FILE (atomically) instead of stdout.")
 @click.option("--force", is_flag=True, help="Allow --output to replace an existing file.")
@@ -310,21 +456,41 @@ def _progress_enabled(flag: bool | None, total: int, batch_size: int) -> bool:
 @_model_options
 @click.option("--progress/--no-progress", default=None,
               help="Progress counter on stderr [default: on a terminal, for more than one batch].")
+@click.option("--engine", type=click.Choice(ENGINES), default=ENGINES[0], show_default=True,
+              help="local: this process; ray: a Ray cluster (pip install 'fer-edge[ray]'; "
+                   "PATHS may then also be URIs such as s3://bucket/photos; records come in "
+                   "the order batches finish).")
+@click.option("--ray-address", metavar="ADDR",
+              help="Ray cluster to run on (host:port, ray://host:10001, auto) "
+                   "[default: start Ray on this machine].")
+@click.option("--workers", type=click.IntRange(min=1),
+              help="Ray actors, each holding one model [default: one per GPU, else per CPU].")
 @_common_options
 @click.pass_context
-def classify(ctx: click.Context, paths: tuple[Path, ...], fmt: str, output: Path | None,
+def classify(ctx: click.Context, paths: tuple[str, ...], fmt: str, output: Path | None,
              force: bool, faces: str, annotate: Path | None, model: Path | None,
              provider: str | None, threads: int, batch_size: int, progress: bool | None,
+             engine: str, ray_address: str | None, workers: int | None,
              verbose: int, debug: bool) -> None:
     """Classify the facial expression in image files and folders.
 
     Folders are walked recursively; inside them only files with an image
-    extension Pillow reads are taken (others, and hidden files, are skipped;
-    -v counts them). Files named explicitly are always attempted. Each file
-    that fails gets one line on stderr and an error record in the output.
+    extension Pillow reads are taken (others, hidden files and the
+    *.annotated.png copies --annotate writes are skipped; -v counts them).
+    Files named explicitly are always attempted. Each file that fails gets an
+    error record in the output and one line on stderr (no stderr line when
+    the table is on the terminal: its ERROR row is the report).
     """
     _setup_logging(verbose)
     opts = ClassifyOptions(fmt, output, force, faces, annotate, progress)
+    _check_engine(engine, opts, ray_address, workers)
+    if engine == "ray":
+        with _user_errors(debug):
+            from .distributed import run_cli  # lazy: the local engine never imports Ray
+
+            code = run_cli(paths, opts, ModelOptions(model, provider, threads, batch_size),
+                           ray_address, workers, verbose)
+        ctx.exit(code)
     with _user_errors(debug):
         try:
             code = run_classify(paths, opts, ModelOptions(model, provider, threads, batch_size))
@@ -332,6 +498,63 @@ def classify(ctx: click.Context, paths: tuple[Path, ...], fmt: str, output: Path
             raise DependencyError(f"{exc}; or pass --faces off to classify each image "
                                   "whole") from None
     ctx.exit(code)
+
+
+# -- video ------------------------------------------------------------------
+
+
+@cli.command(epilog=EXIT_HELP)
+@click.argument("source", required=False)
+@click.option("--camera", type=click.IntRange(min=0), metavar="N",
+              help="Read local camera N (Linux: /dev/videoN; macOS: AVFoundation) instead of SOURCE.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=FORMATS[0], show_default=True,
+              help="As for classify; one record per face per analysed frame.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write records to FILE (atomically) instead of stdout.")
+@click.option("--force", is_flag=True, help="Allow every output file to replace an existing one.")
+@click.option("--every", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+              help="Analyse every Nth frame.")
+@click.option("--fps", type=click.FloatRange(min=0, min_open=True), metavar="F",
+              help="Analyse at most F frames per second of video.")
+@click.option("--start", type=click.FloatRange(min=0), metavar="SECONDS", help="Files: start here.")
+@click.option("--end", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Stop at this time.")
+@click.option("--smooth", is_flag=True,
+              help="Average each track's probabilities over time (EMA), so labels do not flicker.")
+@click.option("--smooth-alpha", type=click.FloatRange(0, 1, min_open=True), default=0.3,
+              show_default=True, help="With --smooth: weight of the newest frame.")
+@click.option("--summary", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Per-track summary (frames, first/last time, share per label, dominant "
+                   "label) as .json or .csv.")
+@click.option("--timeline", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE.png",
+              help="Chart of each track's expression probabilities over time.")
+@click.option("--annotate", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Write the video with boxes, track ids and labels (.mp4, .mkv, .mov, .avi, "
+                   ".webm); same size and frame rate.")
+@_model_options
+@_common_options
+def video(source: str | None, camera: int | None, fmt: str, output: Path | None, force: bool,
+          every: int, fps: float | None, start: float | None, end: float | None, smooth: bool,
+          smooth_alpha: float, summary: Path | None, timeline: Path | None, annotate: Path | None,
+          model: Path | None, provider: str | None, threads: int, batch_size: int,
+          verbose: int, debug: bool) -> None:
+    """Track faces and their expressions in a video file, camera or stream.
+
+    SOURCE is a video file or a URL FFmpeg opens (rtsp://, http://...).
+    Needs the video extra: pip install 'fer-edge[video]'. Files never drop
+    frames; a live source drops frames when analysis falls behind (counted on
+    stderr) and runs until Ctrl-C, which completes every output (exit 0).
+    A truncated file is analysed up to where decoding stopped (named on
+    stderr; exit 1).
+    """
+    _setup_logging(verbose)
+    with _user_errors(debug):
+        from .video_cli import VideoOptions, run_video  # lazy: PyAV and charts only here
+
+        opts = VideoOptions(fmt, output, force, every, fps, start, end,
+                            smooth_alpha if smooth else None, summary, timeline, annotate)
+        code = run_video(source, camera, opts, ModelOptions(model, provider, threads, batch_size))
+    sys.exit(code)
 
 
 # -- info -------------------------------------------------------------------
@@ -343,11 +566,11 @@ def _print_info(d: dict) -> None:
     rows = [
         ("model", d["model_path"]),
         ("labels", ", ".join(m["labels"])),
-        ("input", f"{p['input_size']}x{p['input_size']} {p['color_mode']}, mean {p['mean']}, "
-                  f"std {p['std']}"),
+        ("input", f"{p['input_size']}x{p['input_size']}, {describe_color_mode(p['color_mode'])}, "
+                  f"mean {p['mean']}, std {p['std']}"),
         ("architecture", f"{m['model_name']} ({m['precision']}, tta {m['tta']})"),
         ("version", m["model_version"]),
-        ("trained on", m["training_data"] or "-"),
+        ("trained on", describe_training_data(m["training_data"]) or "-"),
         ("val accuracy", "-" if m["val_accuracy"] is None else f"{m['val_accuracy']:.4f}"),
         ("val macro-F1", "-" if m["val_macro_f1"] is None else f"{m['val_macro_f1']:.4f}"),
         ("exported", f"{m['export_date'] or '-'} by fer-edge {m['exporter_version'] or '-'}"),
@@ -358,8 +581,8 @@ def _print_info(d: dict) -> None:
 
 
 @cli.command(epilog=EXIT_HELP)
-@click.option("--model", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="ONNX model to describe [default: the shipped model].")
+@click.option("--model", metavar="NAME|FILE", callback=_model_param,
+              help="Shipped model name or ONNX file to describe [default: default].")
 @click.option("--provider", metavar="NAME", help="Execution provider(s), as for classify.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @_common_options
@@ -384,8 +607,87 @@ def info(model: Path | None, provider: str | None, as_json: bool, verbose: int,
             _print_info(d)
 
 
+# -- models -----------------------------------------------------------------
+
+
+def _cell(value: object, fmt: str = "{}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def _print_models(cards: list[dict]) -> None:
+    head = ("name", "labels", "input", "precision", "size", "val acc", "ms/img b1", "ms/img b32",
+            "architecture")
+    rows = [(c["name"], ",".join(c["labels"]), f"{c['input_size']}px", c["precision"],
+             f"{c['size_bytes'] / 1e6:.1f} MB", _cell(c["val_accuracy"], "{:.2%}"),
+             _cell(c["ms_per_image_b1"], "{:.3f}"), _cell(c["ms_per_image_b32"], "{:.3f}"),
+             c["architecture"]) for c in cards]
+    widths = [max(len(str(r[i])) for r in (head, *rows)) for i in range(len(head))]
+    for row in (head, *rows):
+        click.echo("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+@cli.command(epilog=EXIT_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON array.")
+@_common_options
+def models(as_json: bool, verbose: int, debug: bool) -> None:
+    """List the shipped models: labels, input, precision, size, val accuracy, speed.
+
+    Everything is read from each model file's metadata; speed is what export
+    measured on its machine (ms per image on the CPU; "-" when not recorded).
+    Use a name with --model: `fer-edge classify --model fast photos/`.
+    """
+    _setup_logging(verbose)
+    with _user_errors(debug):
+        cards = model_cards()
+        if as_json:
+            click.echo(json.dumps(cards, indent=2, ensure_ascii=False))
+        else:
+            _print_models(cards)
+
+
+class Stopped(BaseException):
+    """Raised by a stop signal, so every ``finally`` runs (temporary files removed).
+
+    A BaseException, like KeyboardInterrupt: no ``except Exception`` may swallow it.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+#: Signals that stop a run cleanly; the exit status is 128 + the signal number
+#: (130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP), as shells expect.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
+                     if hasattr(signal, name))
+
+
+def _raise_stopped(signum: int, _frame: object) -> None:
+    raise Stopped(signum)
+
+
+@contextmanager
+def _stop_signals() -> Iterator[None]:
+    """While inside, :data:`STOP_SIGNALS` raise :class:`Stopped` (main thread only)."""
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in STOP_SIGNALS:
+            if signal.getsignal(sig) is not signal.SIG_IGN:  # nohup's SIGHUP stays ignored
+                previous[sig] = signal.signal(sig, _raise_stopped)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point (``fer-edge``); exits with the status above."""
     # Library warnings (Pillow's EXIF complaints...) go through logging: -vv shows them.
     logging.captureWarnings(True)
-    cli.main(args=list(argv) if argv is not None else None, prog_name="fer-edge")
+    try:
+        with _stop_signals():
+            cli.main(args=list(argv) if argv is not None else None, prog_name="fer-edge")
+    except Stopped as stop:
+        click.echo(f"fer-edge: stopped by {signal.Signals(stop.signum).name}", err=True)
+        sys.exit(128 + stop.signum)

@@ -1,13 +1,13 @@
-"""Face detection and FER-2013-style face crops for real photos.
+"""Face modes and FER-2013-style face crops: when to detect, and how to cut a face out.
 
-FER-2013 images are tight 48x48 face crops; users' photos are not. This module
-finds the faces in a photo (OpenCV Haar cascade, an optional extra:
-``pip install 'fer-edge[detect]'``) and cuts each one out with the framing the
-model was trained on, so every face then goes through the ordinary
-preprocessing (:func:`fer_edge.preprocess.resize_gray`) like a training image.
-
-OpenCV is imported lazily, only when :func:`detect_faces` runs: importing this
-module, or classifying crops with ``faces="off"``, never needs it.
+FER-2013 images are tight 48x48 face crops; users' photos are not. A face
+detector (:mod:`fer_edge.detector`; the default is :class:`fer_edge.blazeface.BlazeFace`)
+finds the faces; this module decides whether an image needs detection at all
+(:func:`needs_detection`, the one place the ``faces`` modes are checked) and
+cuts each face out with the framing the model was trained on, turned upright
+by its eye landmarks (:func:`crop_face`). Each crop then goes through the
+ordinary preprocessing (:func:`fer_edge.preprocess.resize_gray`) like a
+training image.
 
 Example:
     >>> from PIL import Image
@@ -15,23 +15,24 @@ Example:
     >>> needs_detection(photo, "auto")
     True
     >>> crop_face(photo, FaceBox(x=100, y=100, w=80, h=80)).size
-    (84, 84)
+    (96, 96)
 """
 
 from __future__ import annotations
 
-import os
-import threading
-from dataclasses import dataclass
-from typing import Any
+import math
 
 import numpy as np
 from PIL import Image
 
-from .errors import DependencyError
+from .detector import LEFT_EYE, RIGHT_EYE, FaceBox, FaceDetector, Landmark
 from .preprocess import to_gray
 
-#: Values of the ``faces`` parameter / ``--faces`` option.
+__all__ = ["FACE_MODES", "FaceBox", "FaceDetector", "Landmark", "check_mode", "needs_detection",
+           "eye_angle", "face_frame", "crop_face"]
+
+#: Values of the ``faces`` parameter / ``--faces`` option: detect if the image
+#: looks like more than a face crop, always detect, never detect.
 FACE_MODES = ("auto", "on", "off")
 
 #: ``auto`` treats an image as a ready-made face crop when its longer side is at
@@ -41,68 +42,41 @@ CROP_MAX_SIDE = 160
 #: camera frame formats, so they fall outside and get detection.
 CROP_ASPECT_RANGE = (0.8, 1.25)
 
-#: Side of the FER-2013 frame divided by the side of the detector's box.
-#: Measured, not guessed: running this detector on two sets of 600 FER-2013
-#: validation images (happy/neutral/sad; upscaled 2x or 4x and padded so the
-#: whole face is visible) found the 48x48 frame to be 1.03-1.05x the detected
-#: box (median; quartiles ~0.98 and ~1.13), centred on the box (median offsets
-#: within 0.01 box sides). FER-2013 was itself cut with an automatic face detector, so its
-#: faces are framed this tightly: a 1.2x-1.4x "portrait" margin would show the
-#: model smaller faces than it was trained on.
-FRAME_SCALE = 1.05
+#: Side of the FER-2013 frame divided by the side of BlazeFace's box, and the
+#: frame centre's offset from the box centre (fraction of the frame side, +y
+#: is towards the chin in the upright face). Measured, not guessed:
+#: ``tools/measure_framing.py`` shows FER-2013 val images (upscaled 2x and
+#: padded so the whole face is visible) to BlazeFace and compares its box with
+#: the known 48x48 frame. On 444 faces found among 900 val images (300 each of
+#: happy/neutral/sad): frame/box median 1.20 (quartiles 1.12 and 1.33),
+#: horizontal offset 0.00, vertical -0.036 to -0.042 (two samples; BlazeFace's
+#: box reaches a little lower, to the chin, than FER-2013's frame). A sweep of
+#: 1.0-1.4 on another 419 faces gave the same accuracy within noise from 1.2 up,
+#: lower below: a frame that cuts into the face costs more than a loose one.
+FRAME_SCALE = 1.2
+FRAME_OFFSET_Y = -0.036
 
-#: The frontal-face cascade used. alt2 was chosen over the "default" cascade:
-#: on scikit-image's sample photos the default cascade reported six faces in
-#: the coins photo (and some on the moon and a retina scan after histogram
-#: equalisation, which is why none is applied), alt2 none; both found ~70% of
-#: 600 FER-2013 faces.
-CASCADE_FILE = "haarcascade_frontalface_alt2.xml"
-
-#: Larger images are shrunk to this longer side before detection (Haar cost
-#: grows with pixel count: on a busy 2-core machine a 4000x3000 photo took
-#: ~5 s at full size, <1 s shrunk to 1280x960).
-#: The smallest face found is then about 20 px in the shrunk image, ~1.6% of
-#: the longer side of a large photo.
-DETECT_MAX_SIDE = 1280
-
-#: detectMultiScale settings: 10% scale steps and 5 overlapping hits per face
-#: are OpenCV's documented defaults and the usual precision/recall compromise.
-SCALE_FACTOR = 1.1
-MIN_NEIGHBORS = 5
-
-_INSTALL_HINT = "pip install 'fer-edge[detect]' (which installs opencv-python-headless<5)"
-
-# cv2.CascadeClassifier must not be shared between threads, so each thread
-# loads and caches its own (the XML parse costs ~50 ms, detection much more).
-_local = threading.local()
+#: Faces tilted less than this (degrees) are cut without rotation. FER-2013's
+#: own faces are not levelled (BlazeFace's eye lines on val: median -2.4
+#: degrees, 90% within 18): the model has learned small tilts, and levelling
+#: every face cost accuracy on val (2 degree threshold: 75.6% vs 77.7%
+#: unaligned, 197 faces; 10 degrees: 81.1% vs 80.6%, 444 faces; both with
+#: tools/measure_framing.py). Above it, the face is turned upright.
+MIN_ROTATION_DEG = 10.0
 
 
-@dataclass(frozen=True)
-class FaceBox:
-    """A face's box in image pixels.
+def check_mode(mode: object) -> str:
+    """``mode`` if it is one of :data:`FACE_MODES`, else ``ValueError`` listing them.
 
-    Attributes:
-        x: Left edge.
-        y: Top edge.
-        w: Width.
-        h: Height.
-        score: Detector confidence, or ``None`` when the box was not detected
-            (``faces="off"``: the whole image). For the Haar cascade this is
-            the cascade's final-stage weight: higher means more face-like, but
-            it is not a probability and has no fixed range.
+    Example:
+        >>> check_mode("maybe")
+        Traceback (most recent call last):
+        ...
+        ValueError: faces='maybe' is not one of ['auto', 'on', 'off']
     """
-
-    x: int
-    y: int
-    w: int
-    h: int
-    score: float | None = None
-
-
-def _check_mode(mode: str) -> str:
     if mode not in FACE_MODES:
-        raise ValueError(f"faces mode {mode!r} is not one of {FACE_MODES}")
-    return mode
+        raise ValueError(f"faces={mode!r} is not one of {list(FACE_MODES)}")
+    return str(mode)
 
 
 def needs_detection(image: Image.Image, mode: str) -> bool:
@@ -132,7 +106,7 @@ def needs_detection(image: Image.Image, mode: str) -> bool:
         >>> needs_detection(Image.new("L", (160, 120)), "auto")
         True
     """
-    _check_mode(mode)
+    check_mode(mode)
     if mode != "auto":
         return mode == "on"
     w, h = image.size
@@ -141,117 +115,41 @@ def needs_detection(image: Image.Image, mode: str) -> bool:
     return not is_crop
 
 
-def _import_cv2() -> Any:
-    try:
-        import cv2  # noqa: PLC0415 - optional extra, imported on first use
-    except ImportError as exc:
-        raise DependencyError(f"face detection needs OpenCV: {_INSTALL_HINT}. ({exc})") from exc
-    return cv2
+def eye_angle(box: FaceBox) -> float | None:
+    """How far the face is turned from upright, in degrees, from its eyes.
 
+    The angle of the line from the person's right eye (image left) to their
+    left eye, clockwise in image coordinates (y down): 0 for an upright face,
+    about 30 for a face turned 30 degrees clockwise, +-180 upside down.
+    ``None`` when the box has no eye landmarks.
 
-def _cascade_path(cv2: Any) -> str:
-    """Where the installed OpenCV keeps the Haar cascade, or a DependencyError."""
-    version = getattr(cv2, "__version__", "unknown")
-    folder = getattr(getattr(cv2, "data", None), "haarcascades", None)
-    path = os.path.join(folder, CASCADE_FILE) if folder else ""
-    if not path or not os.path.isfile(path):
-        # OpenCV 5 and some distribution builds (e.g. apt's python3-opencv)
-        # ship no cascade files in cv2.data.
-        raise DependencyError(
-            f"face detection needs OpenCV's Haar cascade {CASCADE_FILE}, which OpenCV "
-            f"{version} does not ship; {_INSTALL_HINT}"
-        )
-    return path
-
-
-def _load_cascade() -> Any:
-    """This thread's cascade classifier, loaded on first use."""
-    cascade = getattr(_local, "cascade", None)
-    if cascade is not None:
-        return cascade
-    cv2 = _import_cv2()
-    path = _cascade_path(cv2)
-    with open(path, encoding="utf-8") as f:
-        xml = f.read()
-    # Parsed from memory because OpenCV's own file opening fails on non-ASCII
-    # paths on Windows (e.g. a virtualenv under C:\Users\Zoë).
-    storage = cv2.FileStorage(xml, cv2.FILE_STORAGE_READ | cv2.FILE_STORAGE_MEMORY)
-    cascade = cv2.CascadeClassifier()
-    if not cascade.read(storage.getFirstTopLevelNode()) or cascade.empty():
-        raise DependencyError(
-            f"{path}: OpenCV could not load this cascade; reinstall: {_INSTALL_HINT}"
-        )
-    _local.cascade = cascade
-    return cascade
-
-
-def _detection_input(image: Image.Image, cv2: Any) -> tuple[np.ndarray, float]:
-    """Grayscale uint8 array for the detector and the factor it was shrunk by."""
-    gray = np.asarray(to_gray(image), dtype=np.uint8)
-    h, w = gray.shape
-    factor = min(1.0, DETECT_MAX_SIDE / max(w, h))
-    if factor < 1.0:
-        size = (max(1, round(w * factor)), max(1, round(h * factor)))
-        gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
-    return gray, factor
-
-
-def detect_faces(image: Image.Image) -> list[FaceBox]:
-    """Find frontal faces with OpenCV's Haar cascade.
-
-    Needs the ``detect`` extra (``pip install 'fer-edge[detect]'``); nothing
-    is downloaded. The image is converted to luma like the model's input, and
-    images with a side above :data:`DETECT_MAX_SIDE` are shrunk for speed
-    (boxes are mapped back to the original pixels). Profile and strongly
-    tilted faces are usually missed (the cascade is frontal-only, as is
-    FER-2013).
-
-    Args:
-        image: Any decoded Pillow image.
-
-    Returns:
-        Boxes in original image pixels, largest first; an empty list when no
-        face is found. Scores are the cascade's (uncalibrated) confidences.
-
-    Raises:
-        DependencyError: OpenCV or its cascade file is not installed.
+    Example:
+        >>> from fer_edge.detector import Landmark
+        >>> eyes = (Landmark("right_eye", 10, 10), Landmark("left_eye", 20, 20))
+        >>> eye_angle(FaceBox(0, 0, 30, 30, landmarks=eyes))
+        45.0
     """
-    cascade = _load_cascade()
-    cv2 = _import_cv2()
-    gray, factor = _detection_input(image, cv2)
-    window = cascade.getOriginalWindowSize()
-    if gray.shape[0] < window[1] or gray.shape[1] < window[0]:
-        return []
-    boxes, _levels, weights = cascade.detectMultiScale3(
-        gray,
-        scaleFactor=SCALE_FACTOR,
-        minNeighbors=MIN_NEIGHBORS,
-        minSize=tuple(window),
-        outputRejectLevels=True,
-    )
-    faces = [
-        FaceBox(
-            x=round(x / factor), y=round(y / factor), w=round(w / factor), h=round(h / factor),
-            score=float(s),
-        )
-        for (x, y, w, h), s in zip(np.asarray(boxes).reshape(-1, 4), np.ravel(weights))
-    ]
-    return sorted(faces, key=lambda f: (-f.w * f.h, f.y, f.x))
+    right, left = box.landmark(RIGHT_EYE), box.landmark(LEFT_EYE)
+    if right is None or left is None or right == left:
+        return None
+    return math.degrees(math.atan2(left[1] - right[1], left[0] - right[0]))
 
 
 def face_frame(box: FaceBox) -> tuple[int, int, int]:
-    """The square FER-2013-style frame around a box: (left, top, side).
+    """The square FER-2013-style frame around a box, before rotation: (left, top, side).
 
     The frame is :data:`FRAME_SCALE` times the box's longer side, centred on
-    the box, and may extend past the image borders.
+    the box (shifted by :data:`FRAME_OFFSET_Y`), and may extend past the image
+    borders. :func:`crop_face` turns this frame about its centre by the
+    face's :func:`eye_angle`.
 
     Example:
         >>> face_frame(FaceBox(x=100, y=100, w=80, h=80))
-        (98, 98, 84)
+        (92, 89, 96)
     """
     side = max(1, round(max(box.w, box.h) * FRAME_SCALE))
     left = round(box.x + box.w / 2 - side / 2)
-    top = round(box.y + box.h / 2 - side / 2)
+    top = round(box.y + box.h / 2 + FRAME_OFFSET_Y * side - side / 2)
     return left, top, side
 
 
@@ -260,37 +158,18 @@ def face_frame(box: FaceBox) -> tuple[int, int, int]:
 # the same as the luma of the uncropped image.
 _VIA_RGBA = ("P", "PA")
 _VIA_RGB = ("CMYK", "YCbCr", "LAB", "HSV")
+# Modes Pillow cannot rotate with bilinear resampling: a rotated crop of them
+# is made from their luma (what the classifier uses anyway).
+_ROTATE_AS_GRAY = ("I;16", "I;16B", "I;16L", "I;16N", "1")
 
 
-def crop_face(image: Image.Image, box: FaceBox) -> Image.Image:
-    """Cut one face out as a square crop framed like FER-2013.
+def _padded_crop(image: Image.Image, left: int, top: int, right: int, bottom: int) -> Image.Image:
+    """``image.crop`` of any rectangle; outside the image, border pixels are repeated.
 
-    See :func:`face_frame` for the framing. Where the frame runs past the image
-    border (a face at the edge of the photo) the border pixels are repeated
-    rather than padded with black: the missing part is more face or
+    Repeated rather than padded with black: the missing part is more face or
     background, and a hard black edge is something the model never saw in
     training.
-
-    Args:
-        image: The decoded photo (any mode).
-        box: A face box in the photo's pixels, e.g. from :func:`detect_faces`.
-
-    Returns:
-        A square image, ready for the normal preprocessing. Same mode as
-        ``image`` except palette (-> RGBA) and CMYK/YCbCr/LAB/HSV (-> RGB).
-
-    Raises:
-        ValueError: The box is empty (``w`` or ``h`` < 1).
-
-    Example:
-        >>> from PIL import Image
-        >>> crop_face(Image.new("RGB", (100, 100)), FaceBox(0, 0, 40, 40)).size
-        (42, 42)
     """
-    if box.w < 1 or box.h < 1:
-        raise ValueError(f"face box {box} has no area")
-    left, top, side = face_frame(box)
-    right, bottom = left + side, top + side
     width, height = image.size
     # The part of the frame inside the image (at least its nearest pixel):
     # only that is cropped and converted, never the whole photo.
@@ -307,3 +186,60 @@ def crop_face(image: Image.Image, box: FaceBox) -> Image.Image:
     rows = np.clip(np.arange(top, bottom) - y0, 0, y1 - y0 - 1)
     cols = np.clip(np.arange(left, right) - x0, 0, x1 - x0 - 1)
     return Image.fromarray(np.ascontiguousarray(pixels[rows[:, None], cols]))
+
+
+def crop_face(image: Image.Image, box: FaceBox, align: bool = True) -> Image.Image:
+    """Cut one face out as a square crop framed like FER-2013, upright.
+
+    See :func:`face_frame` for the framing. When the box has eye landmarks
+    and the face is tilted by at least :data:`MIN_ROTATION_DEG`, the frame is
+    turned with the face (about its centre) so the crop shows the eyes level,
+    as in most FER-2013 images. Where the frame runs past the image border
+    (a face at the edge of the photo) the border pixels are repeated: the
+    crop is always the full frame, never cut short or out of range.
+
+    Args:
+        image: The decoded photo (any mode).
+        box: A face box in the photo's pixels, e.g. from a detector.
+        align: Rotate by the eye landmarks (when present).
+
+    Returns:
+        A square image, ready for the normal preprocessing. Same mode as
+        ``image`` except palette (-> RGBA), CMYK/YCbCr/LAB/HSV (-> RGB), and
+        16-bit or 1-bit images that needed rotating (-> L).
+
+    Raises:
+        ValueError: The box is empty (``w`` or ``h`` < 1).
+
+    Example:
+        >>> from PIL import Image
+        >>> crop_face(Image.new("RGB", (100, 100)), FaceBox(0, 0, 40, 40)).size
+        (48, 48)
+    """
+    if box.w < 1 or box.h < 1:
+        raise ValueError(f"face box {box} has no area")
+    left, top, side = face_frame(box)
+    angle = eye_angle(box) if align else None
+    if angle is None or abs(angle) < MIN_ROTATION_DEG:
+        return _padded_crop(image, left, top, left + side, top + side)
+    # The turned frame's corners lie within this axis-aligned square around
+    # its centre; that square (padded at the borders) is all that is rotated.
+    cos, sin = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+    # The frame's offset from the box centre is along the face's own
+    # chin direction, which the rotation turns too: (0, offset) -> R (0, offset).
+    offset = FRAME_OFFSET_Y * side
+    cx = box.x + box.w / 2 - sin * offset
+    cy = box.y + box.h / 2 + cos * offset
+    half = side / 2 * (abs(cos) + abs(sin)) + 2
+    x0, y0 = math.floor(cx - half), math.floor(cy - half)
+    region = _padded_crop(image, x0, y0, math.ceil(cx + half), math.ceil(cy + half))
+    if region.mode in _ROTATE_AS_GRAY:
+        region = to_gray(region)
+    # Pillow maps continuous output coordinates (pixel centres at +0.5) through
+    # (a, b, c, d, e, f); output point P samples centre + R(angle) (P - side/2):
+    # the crop's x axis runs along the eye line. With angle 0 this is the plain crop.
+    a, b, d, e = cos, -sin, sin, cos
+    c = (cx - x0) - (a + b) * side / 2
+    f = (cy - y0) - (d + e) * side / 2
+    return region.transform((side, side), Image.Transform.AFFINE, (a, b, c, d, e, f),
+                            resample=Image.Resampling.BILINEAR)

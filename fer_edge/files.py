@@ -6,9 +6,13 @@ Rules (also in the README and ``fer-edge classify --help``):
   reported if it fails.
 * A folder is walked recursively in name order. Inside it, files whose
   extension is not an image extension Pillow can decode
-  (:data:`IMAGE_EXTENSIONS`) and hidden entries (name starting with ``.``,
-  e.g. macOS ``._IMG.jpg`` resource forks) are skipped and counted, not
-  reported as failures.
+  (:data:`IMAGE_EXTENSIONS`), hidden entries (name starting with ``.``,
+  e.g. macOS ``._IMG.jpg`` resource forks) and the copies ``--annotate``
+  writes (``<name>.annotated.png``, see :func:`is_annotated_copy`) are
+  skipped and counted, not reported as failures.
+* A path that does not exist is one failure, worded for what was named:
+  ``no such folder`` (given with a trailing ``/``), ``no such file`` (it has
+  an extension) or ``no such file or folder``.
 * Symbolic links are followed, but a folder already visited (a symlink loop,
   or two links to one folder) is walked only once.
 * A folder that cannot be listed, and a link with an image extension that
@@ -26,62 +30,107 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence, Union
 
-from PIL import Image, ImageFile
+from PIL import Image
+
+from .preprocess import RASTER_FORMATS
 
 PathArg = Union[str, "os.PathLike[str]"]
 
-# Pillow registers these extensions but cannot decode pixels from them without
-# extra programs (Ghostscript) or at all (MPEG video): not photos to classify.
-_NOT_PHOTOS = {".eps", ".ps", ".mpeg", ".mpg"}
 
-
-def _readable_extensions() -> frozenset[str]:
-    """Extensions of formats Pillow can open and decode."""
+def _raster_extensions() -> frozenset[str]:
+    """The extensions Pillow registers for :data:`~fer_edge.preprocess.RASTER_FORMATS`."""
     Image.init()
-
-    def decodes(fmt: str) -> bool:
-        factory = Image.OPEN.get(fmt, (None,))[0]
-        if factory is None:
-            return False
-        # Stub plugins (HDF5, GRIB, BUFR) identify files but cannot decode them.
-        return not (inspect.isclass(factory) and issubclass(factory, ImageFile.StubImageFile))
-
-    exts = {ext.lower() for ext, fmt in Image.registered_extensions().items() if decodes(fmt)}
-    return frozenset(exts - _NOT_PHOTOS)
+    return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items()
+                     if fmt in RASTER_FORMATS)
 
 
-#: Lower-case extensions (with the dot) that a folder walk picks up.
-IMAGE_EXTENSIONS: frozenset[str] = _readable_extensions()
+#: Lower-case extensions (with the dot) that a folder walk picks up: those of
+#: the formats the loader decodes, so the two lists cannot drift apart.
+IMAGE_EXTENSIONS: frozenset[str] = _raster_extensions()
+
+# C0 and C1 controls, DEL, line/paragraph separators and the bidirectional
+# overrides and isolates ("Trojan Source"): in a name they could end a line,
+# move the cursor, retitle or clear the terminal, or reorder what is shown.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_control(match: re.Match) -> str:
+    char = match.group()
+    if char in _SHORT_ESCAPES:
+        return _SHORT_ESCAPES[char]
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def printable(text: str) -> str:
-    """``text`` made safe to write as UTF-8: undecodable bytes become ``\\xNN``.
+    """``text`` made safe to print on one line of a terminal or a UTF-8 file.
 
     File names that are not valid UTF-8 reach Python as lone surrogates
-    (PEP 383); writing those to a UTF-8 file or terminal would crash.
+    (PEP 383); their bytes become ``\\xNN``. Control characters (newline,
+    escape sequences, bidirectional overrides) become ``\\n``, ``\\t``,
+    ``\\r``, ``\\xNN`` or ``\\uNNNN``, so a name can neither break the
+    one-line-per-error promise nor take over the terminal.
 
     Example:
         >>> printable(os.fsdecode(b"caf\\xe9.jpg"))
         'caf\\\\xe9.jpg'
+        >>> printable("a\\nb\\x1b[2J.jpg")
+        'a\\\\nb\\\\x1b[2J.jpg'
     """
     try:
         raw = text.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:
         # Surrogates that did not come from undecodable bytes: escape them as-is.
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return raw.decode("utf-8", "backslashreplace")
+        safe = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    else:
+        safe = raw.decode("utf-8", "backslashreplace")
+    return _CONTROLS.sub(_escape_control, safe)
 
 
 def display_path(path: PathArg | bytes) -> str:
     """The path as a printable string (see :func:`printable`)."""
     return printable(os.fsdecode(path))
+
+
+# fer_edge.annotate names its copies <stem>.annotated.png, or <stem>.annotated-N.png
+# when that exists. Walking them again would classify the copies as new photos.
+_ANNOTATED_COPY = re.compile(r"\.annotated(-\d+)?\.png$", re.IGNORECASE)
+
+
+def is_annotated_copy(path: PathArg) -> bool:
+    """Whether the file name is one ``--annotate`` writes (``<stem>.annotated[-N].png``).
+
+    Example:
+        >>> is_annotated_copy("out/team.annotated.png"), is_annotated_copy("out/team.annotated-2.png")
+        (True, True)
+        >>> is_annotated_copy("team.png"), is_annotated_copy("annotated.png")
+        (False, False)
+    """
+    return bool(_ANNOTATED_COPY.search(os.path.basename(os.fspath(path))))
+
+
+def missing_reason(arg: PathArg) -> str:
+    """How to say that the path ``arg``, as the user typed it, does not exist.
+
+    A trailing separator says the user meant a folder; an extension says a
+    file; otherwise either is possible.
+
+    Example:
+        >>> missing_reason("photos/"), missing_reason("a.jpg"), missing_reason("photos")
+        ('no such folder', 'no such file', 'no such file or folder')
+    """
+    text = os.fspath(arg)
+    if text.endswith(os.sep) or (os.altsep is not None and text.endswith(os.altsep)):
+        return "no such folder"
+    return "no such file" if Path(text).suffix else "no such file or folder"
 
 
 def is_image_name(path: PathArg) -> bool:
@@ -142,7 +191,7 @@ def _walk(root: Path, scan: Scan, seen_dirs: set[tuple[int, int]]) -> None:
             kind = _entry_kind(entry)
             if kind == "dir":
                 subdirs.append(path)
-            elif not is_image_name(path):
+            elif not is_image_name(path) or is_annotated_copy(path):
                 scan.skipped.append(path)
             elif kind == "file":
                 scan.files.append(path)
@@ -167,6 +216,18 @@ def _entry_kind(entry: os.DirEntry) -> str:
     return f"not a regular file (mode {stat.filemode(st.st_mode)})"
 
 
+def _missing(path: Path) -> bool:
+    """Whether nothing at all is at ``path`` (a dangling link is something)."""
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        # Permission denied and the like: the loader names the real reason.
+        return False
+    return False
+
+
 def find_images(paths: Sequence[PathArg]) -> Scan:
     """Expand files and folders into the list of files to classify.
 
@@ -177,8 +238,8 @@ def find_images(paths: Sequence[PathArg]) -> Scan:
         A :class:`Scan`; each file appears once, however often it was reached.
 
     Example:
-        >>> [str(p) for p in find_images(["missing.jpg"]).files]
-        ['missing.jpg']
+        >>> [(str(p), why) for p, why in find_images(["missing.jpg", "gone/"]).failures]
+        [('missing.jpg', 'no such file'), ('gone', 'no such folder')]
     """
     scan = Scan()
     seen_dirs: set[tuple[int, int]] = set()
@@ -186,9 +247,13 @@ def find_images(paths: Sequence[PathArg]) -> Scan:
         path = Path(arg)
         if path.is_dir():
             _walk(path, scan, seen_dirs)
+        elif _missing(path):
+            # Reported here, once, in words that fit what was named (the
+            # loader could only say "file", and a folder may have been meant).
+            scan.failures.append((path, missing_reason(arg)))
         else:
-            # Explicit files are always attempted, so a missing or odd one is
-            # reported by the loader with its reason.
+            # Explicit files are always attempted, so an odd one is reported
+            # by the loader with its reason.
             scan.files.append(path)
     scan.files = list(dict.fromkeys(scan.files))
     return scan

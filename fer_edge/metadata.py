@@ -15,7 +15,9 @@ Example:
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
+from pathlib import PurePath
 from typing import Any, Mapping
 
 from .errors import ModelError
@@ -23,6 +25,51 @@ from .preprocess import PreprocessSpec
 
 METADATA_KEY = "fer_edge"
 FORMAT_VERSION = 1
+
+#: What each ``PreprocessSpec.color_mode`` means, in words (``fer-edge info``).
+COLOR_MODE_TEXT = {"gray3": "8-bit grey (luma) repeated on 3 channels"}
+
+# Data sets known by their folder name -> their published name.
+_DATASET_NAMES = {"fer2013": "FER-2013", "fer-2013": "FER-2013", "fer_2013": "FER-2013"}
+# How exports up to fer-edge 0.1.0 recorded the data: "<split> split of <local path>",
+# optionally followed by " (classes ...)".
+_OLD_TRAINING_DATA = re.compile(r"^(?P<split>\w+) split of (?P<path>.+?)(?P<rest> \(.*\))?$")
+
+
+def describe_color_mode(mode: str) -> str:
+    """``mode`` in words, with the stored name kept for reference.
+
+    Example:
+        >>> describe_color_mode("gray3")
+        '8-bit grey (luma) repeated on 3 channels (gray3)'
+    """
+    text = COLOR_MODE_TEXT.get(mode)
+    return f"{text} ({mode})" if text else mode
+
+
+def describe_training_data(recorded: str) -> str:
+    """The training data as a reader wants it: data set name and split, no local path.
+
+    Older exports recorded ``"train split of <path on the training machine>"``;
+    that path means nothing elsewhere, so only its last folder name is kept,
+    mapped to the data set's published name where known. Anything else is
+    returned unchanged (newer exports record the name themselves).
+
+    Example:
+        >>> describe_training_data("train split of ../shared/data/fer2013 (classes happy, sad)")
+        'FER-2013, train split (classes happy, sad)'
+        >>> describe_training_data("train split of /home/me/faces")
+        'faces, train split'
+        >>> describe_training_data("FER-2013, Training split")
+        'FER-2013, Training split'
+    """
+    match = _OLD_TRAINING_DATA.match(recorded)
+    if not match:
+        return recorded
+    # Either separator: the file may have been exported on another system.
+    folder = PurePath(match["path"].replace("\\", "/").rstrip("/")).name or match["path"]
+    name = _DATASET_NAMES.get(folder.lower(), folder)
+    return f"{name}, {match['split']} split{match['rest'] or ''}"
 
 
 @dataclass
@@ -72,7 +119,7 @@ class ModelInfo:
         return {METADATA_KEY: self.to_json()}
 
     @classmethod
-    def from_props(cls, props: Mapping[str, str], source: str = "model") -> "ModelInfo":
+    def from_props(cls, props: Mapping[str, str], source: str = "model") -> ModelInfo:
         """Parse ``metadata_props`` (e.g. ONNX Runtime's ``custom_metadata_map``).
 
         Raises:

@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import abc
 import csv
+import errno
 import json
 import os
-import tempfile
+import stat
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence, TextIO
+from typing import Any, Iterator, Sequence, TextIO, cast
 
+from .atomic import atomic_write
 from .errors import FerEdgeError
 from .files import display_path, printable
 from .results import ImageResult
@@ -86,8 +88,30 @@ def _fmt_score(value: float | None) -> str:
     return "" if value is None else f"{value:.6f}"
 
 
+#: First characters that make a spreadsheet read a cell as a formula (OWASP "CSV
+#: Injection"): a file named ``=cmd|' /C calc'!A0.jpg`` must stay text.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(value: str) -> str:
+    """A text cell as OWASP advises: a leading ``'`` when it could start a formula.
+
+    Applied to the cells that come from outside (paths, labels, error
+    messages); numbers fer-edge formats itself are left alone.
+
+    Example:
+        >>> csv_text("=1+1.jpg"), csv_text("photos/a.jpg")
+        ("'=1+1.jpg", 'photos/a.jpg')
+    """
+    return "'" + value if value.startswith(FORMULA_STARTS) else value
+
+
 class CsvWriter(Writer):
-    """One row per face; one row with empty label for no face or an error."""
+    """One row per face; one row with empty label for no face or an error.
+
+    Paths, labels and errors that could start a spreadsheet formula get a
+    leading ``'`` (:func:`csv_text`).
+    """
 
     def begin(self) -> None:
         self._csv = csv.writer(self.stream, lineterminator="\n")
@@ -97,19 +121,20 @@ class CsvWriter(Writer):
         """Column names; one ``prob_<label>`` column per label, in label order."""
         return ["path", "width", "height", "detected", "face", "x", "y", "w", "h",
                 "detection_score", "label", "score",
-                *(f"prob_{label}" for label in self.labels), "error"]
+                *(csv_text(f"prob_{label}") for label in self.labels), "error"]
 
     def write(self, result: ImageResult) -> None:
-        path = result.path or ""
+        path = csv_text(result.path or "")
         if result.error is not None:
-            self._csv.writerow([path] + [""] * (len(self.header()) - 2) + [result.error])
+            self._csv.writerow([path] + [""] * (len(self.header()) - 2)
+                               + [csv_text(result.error)])
             return
         image = [path, result.width, result.height, int(result.detected)]
         if not result.faces:
             self._csv.writerow(image + [""] * (len(self.header()) - len(image)))
         for i, face in enumerate(result.faces):
             self._csv.writerow(image + [i, *face.box, _fmt_score(face.detection_score),
-                                        face.label, _fmt_score(face.score),
+                                        csv_text(face.label), _fmt_score(face.score),
                                         *(_fmt_score(face.probabilities.get(label))
                                           for label in self.labels), ""])
 
@@ -138,7 +163,8 @@ class TableWriter(Writer):
             self._row(face.label, f"{face.score:.3f}", ",".join(map(str, face.box)), where)
 
 
-_WRITERS = {"table": TableWriter, "json": JsonWriter, "jsonl": JsonlWriter, "csv": CsvWriter}
+_WRITERS: dict[str, type[Writer]] = {
+    "table": TableWriter, "json": JsonWriter, "jsonl": JsonlWriter, "csv": CsvWriter}
 
 
 def make_writer(fmt: str, stream: TextIO, labels: Sequence[str]) -> Writer:
@@ -152,6 +178,23 @@ def make_writer(fmt: str, stream: TextIO, labels: Sequence[str]) -> Writer:
     return _WRITERS[fmt](stream, labels)
 
 
+def _not_replaceable(path: Path) -> str | None:
+    """Why ``--force`` may not replace ``path`` (``None``: missing or a regular file)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    # Replacing a link, device or FIFO would not write where the user meant
+    # (as root, "-o /dev/null --force" would replace /dev/null itself).
+    kinds = {stat.S_ISLNK: "a symbolic link", stat.S_ISFIFO: "a FIFO",
+             stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device",
+             stat.S_ISSOCK: "a socket", stat.S_ISDIR: "a directory"}
+    kind = next((text for test, text in kinds.items() if test(mode)), "not a regular file")
+    return f"is {kind}; --force replaces only regular files"
+
+
 def check_output_path(path: Path, force: bool) -> None:
     """Refuse an output path that exists (without ``force``) or cannot be created.
 
@@ -161,19 +204,24 @@ def check_output_path(path: Path, force: bool) -> None:
     name = display_path(path)
     if path.is_dir():
         raise OutputError(f"{name}: is a directory; give a file name for the output")
-    if path.exists() and not force:
+    if force and (reason := _not_replaceable(path)):
+        raise OutputError(f"{name}: {reason}")
+    if os.path.lexists(path) and not force:
         raise OutputError(f"{name}: already exists; use --force to overwrite it")
     parent = path.parent
     if not parent.is_dir():
         raise OutputError(f"{name}: folder {display_path(parent)} does not exist")
 
 
-def current_umask() -> int:
-    """The process umask (files written via mkstemp get 0o666 minus this)."""
-    # os.umask can only be read by setting it; restore at once.
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+#: errno values that mean the output could not be written (disk full, quota...).
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS})
+
+
+def write_error(exc: OSError, name: str) -> OutputError | None:
+    """``cannot write NAME: no space left on device`` for a failed write, else ``None``."""
+    if exc.errno not in WRITE_ERRNOS:
+        return None
+    return OutputError(f"cannot write {name}: {os.strerror(exc.errno).lower()}")
 
 
 @contextmanager
@@ -189,6 +237,7 @@ def atomic_output(path: Path, force: bool = False) -> Iterator[TextIO]:
 
     Example:
         >>> import tempfile, pathlib
+        >>> import tempfile
         >>> out = pathlib.Path(tempfile.mkdtemp()) / "r.json"
         >>> with atomic_output(out) as f:
         ...     _ = f.write("[]\\n")
@@ -196,26 +245,55 @@ def atomic_output(path: Path, force: bool = False) -> Iterator[TextIO]:
         '[]\\n'
     """
     check_output_path(path, force)
+    started = False
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with atomic_write(path, "w", place=lambda tmp, dst: _put_in_place(tmp, dst, force),
+                          encoding="utf-8", newline="") as stream:
+            started = True
+            yield cast(TextIO, stream)  # opened in text mode ("w")
     except OSError as exc:
-        raise OutputError(f"{display_path(path)}: cannot write ({exc.strerror or exc})") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as stream:
-            yield stream
-            stream.flush()
-            os.fsync(stream.fileno())
-        # mkstemp makes the file private (0600); give it the usual permissions.
-        os.chmod(tmp, 0o666 & ~current_umask())
-        if path.exists() and not force:
-            # Someone created it while we were writing: still never overwrite.
-            raise OutputError(f"{display_path(path)}: appeared while writing; use --force "
-                              f"to overwrite it")
+        if not started:
+            raise OutputError(f"{display_path(path)}: cannot write ({exc.strerror or exc})") from None
+        raise write_error(exc, display_path(path)) or exc from None
+
+
+def _put_in_place(tmp: Path, path: Path, force: bool) -> None:
+    """Rename the finished ``tmp`` to ``path``, or next to it if ``path`` changed meanwhile.
+
+    Raises:
+        OutputError: something appeared at ``path`` during the run that may
+            not be replaced; the results are kept under a new name it gives.
+    """
+    reason = _not_replaceable(path)
+    if reason is None and (force or not os.path.lexists(path)):
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        return
+    if reason is None:
+        reason = "appeared while writing and is not replaced without --force"
+    else:
+        reason = f"appeared while writing and {reason}"
+    kept = _keep_next_to(tmp, path)
+    raise OutputError(f"{display_path(path)}: {reason}; the results are in "
+                      f"{display_path(kept)}")
+
+
+def _keep_next_to(tmp: Path, path: Path) -> Path:
+    """Give ``tmp`` the first free name ``<stem>-N<suffix>`` beside ``path``."""
+    for n in range(1, 10_000):
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+        try:
+            # A hard link never replaces an existing name, unlike rename().
+            os.link(tmp, candidate)
+        except FileExistsError:
+            continue
+        except OSError:  # no hard links on this file system: rename if still free
+            if os.path.lexists(candidate):
+                continue
+            os.rename(tmp, candidate)
+            return candidate
+        os.unlink(tmp)
+        return candidate
+    raise OutputError(f"{display_path(path)}: no free name to keep the results next to it")
 
 
 def error_line(result: ImageResult) -> str:

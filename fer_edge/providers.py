@@ -14,15 +14,16 @@ Example:
 
 from __future__ import annotations
 
-from typing import Sequence, Union
-
 import logging
 import os
 from pathlib import Path
+from typing import Sequence, Union
 
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
-from .errors import ProviderError
+from .errors import ModelError, ProviderError
+from .files import display_path
 
 log = logging.getLogger("fer_edge")
 
@@ -33,8 +34,14 @@ PREFERENCE = (
     "CUDAExecutionProvider",
     "CoreMLExecutionProvider",
     "DmlExecutionProvider",
+    "OpenVINOExecutionProvider",
     "CPUExecutionProvider",
 )
+
+#: Providers chosen automatically only on an Intel CPU. OpenVINO is Intel's
+#: runtime: faster than ONNX Runtime's CPU provider there, with no such
+#: promise on other vendors' CPUs, where it is used only when asked for.
+INTEL_ONLY = frozenset({"OpenVINOExecutionProvider"})
 
 #: Short names accepted by ``--provider`` and ``providers=`` (case-insensitive).
 ALIASES = {
@@ -44,6 +51,7 @@ ALIASES = {
     "coreml": "CoreMLExecutionProvider",
     "directml": "DmlExecutionProvider",
     "dml": "DmlExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
     "cpu": "CPUExecutionProvider",
 }
 
@@ -57,6 +65,8 @@ INSTALL_HINTS = {
     "CUDAExecutionProvider": f"CUDA needs the GPU build of ONNX Runtime: {_GPU}",
     "DmlExecutionProvider": "DirectML needs Windows and: pip install onnxruntime-directml",
     "CoreMLExecutionProvider": "CoreML needs macOS, whose onnxruntime wheel includes it",
+    "OpenVINOExecutionProvider": "OpenVINO (Intel CPU, GPU, NPU) needs: "
+                                 "pip uninstall -y onnxruntime && pip install onnxruntime-openvino",
 }
 
 
@@ -68,6 +78,21 @@ def ort_version() -> str:
 def available_providers() -> list[str]:
     """Execution providers this ONNX Runtime build offers, in its own order."""
     return list(ort.get_available_providers())
+
+
+def is_intel_cpu() -> bool:
+    """Whether this machine's CPU is Intel's (``/proc/cpuinfo``, else ``platform``)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return "GenuineIntel" in line
+    except OSError:
+        pass  # not Linux: ask platform (Windows: "Intel64 Family 6 ...", "GenuineIntel")
+    text = f"{platform.processor()} {platform.machine()}"
+    return "Intel" in text or "GenuineIntel" in text
 
 
 def canonical_name(name: str) -> str:
@@ -85,7 +110,8 @@ def _choices(available: Sequence[str]) -> str:
     return ", ".join(f"{p} ({short[p]})" if p in short else p for p in available)
 
 
-def resolve_providers(requested: ProvidersArg, available: Sequence[str] | None = None) -> list[str]:
+def resolve_providers(requested: ProvidersArg, available: Sequence[str] | None = None,
+                      intel: bool | None = None) -> list[str]:
     """The provider list to give ``onnxruntime.InferenceSession``.
 
     Args:
@@ -93,6 +119,8 @@ def resolve_providers(requested: ProvidersArg, available: Sequence[str] | None =
             a comma-separated string of them, or a sequence of them.
         available: Providers to choose from; default
             ``onnxruntime.get_available_providers()``.
+        intel: Whether the CPU is Intel's, which lets the automatic choice
+            take :data:`INTEL_ONLY` providers; default :func:`is_intel_cpu`.
 
     Returns:
         Full provider names, the one to run on first.
@@ -105,11 +133,13 @@ def resolve_providers(requested: ProvidersArg, available: Sequence[str] | None =
         >>> resolve_providers("cuda", available=["CPUExecutionProvider"])
         Traceback (most recent call last):
         ...
-        fer_edge.errors.ProviderError: execution provider 'CUDAExecutionProvider' is not available; available: CPUExecutionProvider (cpu); CUDA needs ...
+        fer_edge.errors.ProviderError: execution provider 'CUDAExecutionProvider' is not available; ...
     """
     available = available_providers() if available is None else list(available)
     if requested is None:
-        chosen = [p for p in PREFERENCE if p in available]
+        if intel is None and any(p in INTEL_ONLY for p in available):
+            intel = is_intel_cpu()
+        chosen = [p for p in PREFERENCE if p in available and (intel or p not in INTEL_ONLY)]
         if not chosen:
             raise ProviderError(
                 f"none of the supported execution providers {list(PREFERENCE)} is available; "
@@ -163,3 +193,59 @@ def provider_options(name: str) -> dict[str, str]:
                     "each run (set FER_EDGE_CACHE to a writable folder)", cache, exc)
         return {}
     return {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache)}
+
+
+def _ort_errors(*names: str) -> tuple[type[BaseException], ...]:
+    # The set of exception classes differs between ONNX Runtime releases.
+    return tuple(getattr(_ort_state, n) for n in names if hasattr(_ort_state, n))
+
+
+#: ONNX Runtime's errors for a file that is not a usable model (or a failed run).
+ORT_MODEL_ERRORS = _ort_errors(
+    "Fail", "InvalidArgument", "InvalidGraph", "InvalidProtobuf", "NoSuchFile", "NoModel",
+    "NotImplemented", "RuntimeException", "ModelRequiresCompilation",
+)
+#: ONNX Runtime's errors for an execution provider that failed to start.
+ORT_PROVIDER_ERRORS = _ort_errors("EPFail", "EngineError")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (ONNX Runtime's run to many lines)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def open_session(path: Path, providers: list[str], threads: int,
+                 what: str = "") -> ort.InferenceSession:
+    """An ONNX Runtime session on ``providers``, with fer-edge's provider options.
+
+    Shared by the expression model and the face detector, so both run on the
+    same providers with the same settings (TensorRT engine cache included).
+
+    Args:
+        path: The ONNX file.
+        providers: Full provider names, e.g. from :func:`resolve_providers`.
+        threads: Intra-op threads; 0 lets ONNX Runtime decide.
+        what: Prefix for error messages naming the file's role, e.g.
+            ``"face detector "``; empty for the expression model.
+
+    Raises:
+        ModelError: The file is not a loadable ONNX model or cannot be read.
+        ProviderError: The first provider failed to start.
+    """
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    # Errors only: ORT's warnings (e.g. nodes placed on CPU) are noise for users;
+    # the provider actually used is checked and reported by the caller.
+    opts.log_severity_level = 3
+    name = f"{what}{display_path(path)}"
+    with_options = [(p, provider_options(p)) for p in providers]
+    try:
+        return ort.InferenceSession(os.fspath(path), sess_options=opts, providers=with_options)
+    except ORT_PROVIDER_ERRORS as exc:
+        raise ProviderError(f"{name}: execution provider {providers[0]} failed to start: "
+                            f"{first_line(exc)}") from None
+    except ORT_MODEL_ERRORS as exc:
+        raise ModelError(f"{name}: not a loadable ONNX model ({first_line(exc)})") from None
+    except PermissionError:
+        raise ModelError(f"{name}: permission denied") from None

@@ -118,7 +118,7 @@ class ImageResult:
     error: str | None = None
 
     @classmethod
-    def failed(cls, path: str | None, error: str) -> "ImageResult":
+    def failed(cls, path: str | None, error: str) -> ImageResult:
         """The result for an image that could not be classified."""
         return cls(path=path, width=0, height=0, detected=False, faces=[], error=error)
 

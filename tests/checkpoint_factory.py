@@ -1,7 +1,7 @@
 """Tiny training checkpoints and image folders for the export/ and benchmarks/ tests.
 
-Served by the ``ckpt_factory`` fixture (conftest.load_helper imports it by file path), so it
-works in any pytest import mode.
+Served by the ``ckpt_factory`` fixture, which imports it (``from tests import
+checkpoint_factory``) only when a test asks for it, because it imports torch.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from train.trainer import spec_of
 
 
 def make_checkpoint(path: Path, classes: Sequence[str], input_size: int = 32, seed: int = 0,
-                    num_outputs: int | None = None) -> Path:
+                    num_outputs: int | None = None, arch: str = "b0") -> Path:
     """A randomly initialised EfficientNet-B0 checkpoint in the trainer's best.pt layout.
 
     BatchNorm statistics are estimated on random inputs first: with torchvision's
@@ -34,10 +34,12 @@ def make_checkpoint(path: Path, classes: Sequence[str], input_size: int = 32, se
         seed: Weight-init seed.
         num_outputs: Logits of the saved weights when they should *not* match
             ``classes`` (a mismatched checkpoint); default ``len(classes)``.
+        arch: ``b0`` or ``lite0``.
     """
     torch.manual_seed(seed)
-    cfg = TrainConfig(classes=list(classes), input_size=input_size, weights="none", out=str(path.parent))
-    model = build_model(num_outputs or len(classes), cfg.pool, cfg.head_hidden, cfg.dropout)
+    cfg = TrainConfig(classes=list(classes), input_size=input_size, weights="none", out=str(path.parent),
+                      arch=arch)
+    model = build_model(num_outputs or len(classes), cfg.pool, cfg.head_hidden, cfg.dropout, arch=arch)
     model.train()
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):

@@ -11,36 +11,54 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Callable, Sequence
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-LABELS2 = ["happy", "sad"]  # model_path's labels
-LABELS7 = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]  # model7_path's
+from tests import onnx_models
+from tests.constants import LABELS2, LABELS7, REPO
+from tests.onnx_models import ModelOptions
+
+#: Test modules of train/, export/ and benchmarks/, and their helper (collected for
+#: its doctests): they import torch at the top.
+TORCH_MODULES = ("test_train.py", "test_export.py", "test_benchmarks.py", "checkpoint_factory.py",
+                 "test_edge.py")
 
 
-def load_helper(filename: str):
-    """A helper module of tests/ imported by file path, so it works in any pytest import mode."""
-    name = "fer_edge_test_" + Path(filename).stem
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(filename))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+def _torch_tests_not_run() -> bool:
+    """Whether to leave out :data:`TORCH_MODULES`: torch is not installed, and this is not CI.
+
+    A developer on the small install (the ``test`` extra, README "A small install
+    without torch") runs everything else. Only an absent torch counts: a torch
+    that is installed but fails to import still fails those tests, and CI
+    (``CI`` set, the ``dev`` extra installed) never leaves them out, so a
+    broken install cannot turn into skipped tests there.
+    """
+    return not os.environ.get("CI") and importlib.util.find_spec("torch") is None
 
 
-onnx_models = load_helper("onnx_models.py")
-ModelOptions = onnx_models.ModelOptions
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    if collection_path.name in TORCH_MODULES and _torch_tests_not_run():
+        return True
+    return None  # let pytest decide as usual
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _torch_tests_not_run():
+        terminalreporter.write_line(
+            f"not run: {', '.join(TORCH_MODULES)} (torch is not installed; "
+            'pip install -e ".[dev]" runs them)', yellow=True)
 
 
 @pytest.fixture(scope="session")
-def ckpt_factory():
+def ckpt_factory() -> ModuleType:
     """tests/checkpoint_factory.py: tiny training checkpoints and image folders (needs torch)."""
-    return load_helper("checkpoint_factory.py")
+    # Imported on first use: it imports torch, which only the train/export/benchmarks tests need.
+    from tests import checkpoint_factory
+
+    return checkpoint_factory
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ one thing at a time so the runtime's model checks can be tested.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -39,6 +39,7 @@ class ModelOptions:
         seed: Seed of the random weights.
         mean: Normalisation mean written in the metadata.
         std: Normalisation std written in the metadata.
+        training_data: The metadata's ``training_data`` text.
     """
 
     input_size: int = 32
@@ -52,6 +53,7 @@ class ModelOptions:
     seed: int = 0
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    training_data: str = ""
 
 
 def _const(name: str, arr: np.ndarray) -> TensorProto:
@@ -101,7 +103,8 @@ def build_model(path: Path, labels: Sequence[str], opts: ModelOptions = ModelOpt
     if opts.metadata:
         spec = PreprocessSpec(input_size=opts.input_size, mean=opts.mean, std=opts.std)
         info = ModelInfo(labels=list(labels), preprocess=spec, model_name="test_cnn",
-                         model_version="test", precision="fp16" if opts.float16 else "fp32")
+                         model_version="test", precision="fp16" if opts.float16 else "fp32",
+                         training_data=opts.training_data)
         helper.set_model_props(model, info.to_props())
     onnx.checker.check_model(model)
     path = Path(path)

@@ -19,8 +19,8 @@ from benchmarks.report import RuntimeResult, target_ort_vs_torch, target_preproc
 from benchmarks.run import run_benchmarks
 from export import ExportConfig, export_checkpoint
 from export.evaluate import EvalResult
+from tests.constants import LABELS3 as CLASSES3
 
-CLASSES3 = ["happy", "neutral", "sad"]
 STATUSES = {"PASS", "MISS", "N/A"}
 
 
@@ -100,9 +100,13 @@ def test_models_of_different_trained_models_are_refused(ckpt_factory, tiny, tmp_
         run_benchmarks(cfg)
 
 
-def test_nothing_to_benchmark_is_an_error(tiny, tmp_path, capsys):
-    assert bench_main(["--data", str(tiny["data"]), "--out", str(tmp_path)]) == 2
-    assert "--model" in capsys.readouterr().err
+def test_shipped_models_run_rejects_bad_variant_arguments(tiny, tmp_path, capsys):
+    # Without --model/--checkpoint the shipped models are benchmarked (benchmarks/zoo.py).
+    assert bench_main(["--data", str(tiny["data"]), "--out", str(tmp_path), "--variant", "x.onnx"]) == 2
+    assert "NAME=FILE" in capsys.readouterr().err
+    assert bench_main(["--data", str(tiny["data"]), "--out", str(tmp_path),
+                       "--variant", f"nosuchmodel={tmp_path / 'x.onnx'}"]) == 2
+    assert "not shipped models" in capsys.readouterr().err
 
 
 def _result(name: str, kind: str, precision: str, ms_b1: float, ms_b32: float, acc: float) -> RuntimeResult:

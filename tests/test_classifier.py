@@ -7,7 +7,6 @@ import logging
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -26,10 +25,7 @@ from fer_edge import (
 )
 from fer_edge import classifier as classifier_module
 from fer_edge.classifier import softmax
-
-LABELS2 = ["happy", "sad"]  # the ``model_path`` fixture's labels
-LABELS7 = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
-REPO = Path(__file__).resolve().parents[1]
+from tests.constants import LABELS2, LABELS7, REPO
 
 
 def _images(n: int, size: int = 40) -> list[np.ndarray]:
@@ -218,7 +214,7 @@ def test_faces_off_is_the_whole_image(classifier):
 
 
 class _FakeFaces:
-    """Stands in for fer_edge.faces with fixed boxes; records calls."""
+    """Stands in for fer_edge.faces and the face detector with fixed boxes; records calls."""
 
     FACE_MODES = ("auto", "on", "off")
 
@@ -232,7 +228,7 @@ class _FakeFaces:
     def needs_detection(self, image, mode):
         return mode == "on" or (mode == "auto" and self.detect_auto)
 
-    def detect_faces(self, image):
+    def detect(self, image):
         self.detect_calls += 1
         return list(self.boxes)
 
@@ -246,8 +242,10 @@ def fake_faces(monkeypatch):
         fake = _FakeFaces(boxes, detect_auto)
         import fer_edge.faces as real
 
-        for name in ("needs_detection", "detect_faces", "crop_face"):
+        for name in ("needs_detection", "crop_face"):
             monkeypatch.setattr(real, name, getattr(fake, name))
+        # Every Classifier (the session-wide fixture too) gets the fake as its detector.
+        monkeypatch.setattr(Classifier, "detector", property(lambda self: fake))
         return fake
 
     return install
@@ -300,7 +298,6 @@ def test_batch_with_faces_keeps_images_and_faces_in_order(classifier, fake_faces
 
 def test_real_face_detection_on_a_photo(classifier):
     data = pytest.importorskip("skimage.data")
-    pytest.importorskip("cv2")
     photo = data.astronaut()  # a real 512x512 portrait photo
     r = classifier.analyze(photo, faces="auto")
     assert r.detected and len(r.faces) >= 1

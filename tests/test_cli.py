@@ -18,9 +18,7 @@ from PIL import Image
 import fer_edge
 from fer_edge import classifier as classifier_module
 from fer_edge.cli import cli
-
-REPO = Path(__file__).resolve().parents[1]
-LABELS2 = ["happy", "sad"]  # the model_path fixture's labels
+from tests.constants import LABELS2, REPO
 
 
 @pytest.fixture
@@ -96,7 +94,7 @@ def test_exit_status_0_when_everything_worked(photos, model_path):
     (["classify", "x.png", "--format", "xml"], "'xml' is not one of 'table', 'json', 'jsonl', 'csv'"),
     (["classify", "x.png", "--batch-size", "0"], "--batch-size"),
     (["classify", "x.png", "--faces", "maybe"], "'maybe' is not one of 'auto', 'on', 'off'"),
-    (["classify", "x.png", "--model", "/nonexistent/model.onnx"], "does not exist"),
+    (["classify", "x.png", "--model", "/nonexistent/model.onnx"], "no such model file"),
     (["classify", "x.png", "--provider", "directml"], "available: "),
     (["nonsense"], "No such command"),
 ])
@@ -200,12 +198,13 @@ def test_default_model_missing_is_reported_not_crashed(photos, monkeypatch, tmp_
 
 @pytest.fixture
 def two_faces(monkeypatch):
-    """fer_edge.faces finding two boxes in any image larger than 60 px."""
+    """The face detector finding two boxes in any image larger than 60 px."""
     import fer_edge.faces as faces
+    from fer_edge.blazeface import BlazeFace
 
     monkeypatch.setattr(faces, "needs_detection",
                         lambda image, mode: mode == "on" or (mode == "auto" and image.width > 60))
-    monkeypatch.setattr(faces, "detect_faces", lambda image: [
+    monkeypatch.setattr(BlazeFace, "detect", lambda self, image: [
         faces.FaceBox(10, 10, 30, 30, 1.5), faces.FaceBox(50, 20, 40, 40, 0.5)])
     monkeypatch.setattr(faces, "crop_face",
                         lambda image, b: image.crop((b.x, b.y, b.x + b.w, b.y + b.h)))
@@ -231,9 +230,9 @@ def test_faces_in_json_and_csv(tmp_path, model_path, two_faces):
 
 
 def test_no_face_is_a_row_with_empty_label(tmp_path, model_path, monkeypatch):
-    import fer_edge.faces as faces
+    from fer_edge.blazeface import BlazeFace
 
-    monkeypatch.setattr(faces, "detect_faces", lambda image: [])
+    monkeypatch.setattr(BlazeFace, "detect", lambda self, image: [])
     Image.new("RGB", (300, 200)).save(tmp_path / "landscape.png")
     r = invoke("classify", str(tmp_path), "--format", "csv", model=model_path)
     assert r.exit_code == 0
@@ -263,7 +262,6 @@ def test_annotate_into_a_file_is_a_usage_error(photos, model_path):
 
 def test_real_photo_with_real_face_detection(tmp_path, model_path):
     data = pytest.importorskip("skimage.data")
-    pytest.importorskip("cv2")
     Image.fromarray(data.astronaut()).save(tmp_path / "astronaut.jpg")
     r = invoke("classify", str(tmp_path / "astronaut.jpg"), "--format", "json",
                "--annotate", str(tmp_path / "out"), model=model_path)
@@ -328,18 +326,122 @@ def test_real_fer2013_crops_are_classified_whole(fer_data, model7_path):
     assert len({round(x["score"], 6) for x in records}) > 1
 
 
-def test_missing_opencv_says_what_to_install(tmp_path, model_path, monkeypatch):
-    import fer_edge.faces as faces
-    from fer_edge.errors import DependencyError
+def test_broken_face_detector_file_is_named(tmp_path, model_path, monkeypatch):
+    from fer_edge import blazeface
 
-    def no_cv2(image):
-        raise DependencyError("face detection needs OpenCV: pip install 'fer-edge[detect]'")
-
-    monkeypatch.setattr(faces, "detect_faces", no_cv2)
+    broken = tmp_path / "blazeface.onnx"
+    broken.write_bytes(b"not a model")
+    monkeypatch.setattr(blazeface, "DEFAULT_MODEL", broken)
     Image.new("RGB", (640, 480)).save(tmp_path / "photo.jpg")
     r = invoke("classify", str(tmp_path / "photo.jpg"), model=model_path)
     assert r.exit_code == 1
-    assert "pip install 'fer-edge[detect]'" in r.stderr and "--faces off" in r.stderr
+    assert "face detector model" in r.stderr and "blazeface.onnx" in r.stderr
     assert "Traceback" not in r.output
     r = invoke("classify", str(tmp_path / "photo.jpg"), "--faces", "off", model=model_path)
     assert r.exit_code == 0
+
+
+# -- the first ten minutes (issue 18) ----------------------------------------------
+
+
+def test_a_path_where_the_command_belongs_suggests_classify(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "photos").mkdir()
+    r = invoke("photos/", "--format", "json")
+    assert r.exit_code == 2
+    assert "No such command 'photos/'" in r.stderr
+    assert "fer-edge classify photos/ --format json" in r.stderr
+    for word in ("photos", "me.jpg"):  # an existing folder; an image name
+        assert f"fer-edge classify {word}" in invoke(word).stderr
+    r = invoke("clasify")  # a mistyped command is not a path: no such hint
+    assert r.exit_code == 2 and "fer-edge classify" not in r.stderr
+
+
+def test_a_missing_path_is_reported_once_in_fitting_words(tmp_path, monkeypatch, model_path):
+    monkeypatch.chdir(tmp_path)
+    r = invoke("classify", "gone/", "gone.jpg", "--format", "json", model=model_path)
+    assert r.exit_code == 1
+    assert r.stderr.splitlines() == ["fer-edge: error: gone: no such folder",
+                                     "fer-edge: error: gone.jpg: no such file"]
+    assert json.loads(r.stdout) == [{"path": "gone", "error": "gone: no such folder"},
+                                    {"path": "gone.jpg", "error": "gone.jpg: no such file"}]
+
+
+def _run_on_a_terminal(args: list[str], cwd: Path) -> str:
+    """Run ``python -m fer_edge ARGS`` with stdout and stderr on one pseudo-terminal; its screen."""
+    pty = pytest.importorskip("pty")
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "fer_edge", *args], stdout=follower,
+                            stderr=follower, stdin=subprocess.DEVNULL, cwd=cwd)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    assert proc.wait(timeout=300) == 1
+    return b"".join(chunks).decode()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX pseudo-terminals")
+def test_on_a_terminal_each_failure_shows_once(tmp_path, model_path):
+    Image.new("L", (48, 48), 100).save(tmp_path / "ok.png")
+    screen = _run_on_a_terminal(["classify", "ok.png", "nope.jpg", "--model", str(model_path)],
+                                tmp_path)
+    assert screen.count("nope.jpg") == 1, screen  # the table's ERROR row, no stderr echo
+    assert "ERROR" in screen and "no such file" in screen and "ok.png" in screen
+    # Where the results go elsewhere, stderr is the only report the terminal gets.
+    out = tmp_path / "r.json"
+    screen = _run_on_a_terminal(["classify", "ok.png", "nope.jpg", "--model", str(model_path),
+                                 "-o", str(out), "--format", "json"], tmp_path)
+    assert screen.count("fer-edge: error: nope.jpg: no such file") == 1, screen
+    assert "nope.jpg" in out.read_text()
+
+
+def test_annotated_copies_in_an_input_folder_are_not_classified_again(photos, model_path):
+    out = photos / "annotated"
+    first = invoke("classify", str(photos), "--format", "json", "--faces", "off",
+                   "--annotate", str(out), model=model_path)
+    assert len(list(out.glob("*.annotated.png"))) == 3
+    second = invoke("classify", str(photos), "--format", "json", "--faces", "off",
+                    "--annotate", str(out), "-v", model=model_path)
+    paths = [Path(x["path"]).name for x in json.loads(second.stdout)]
+    assert paths == [Path(x["path"]).name for x in json.loads(first.stdout)]
+    assert not any(".annotated" in p for p in paths)
+    assert "4 files to classify; 4 skipped" in second.stderr  # notes.txt + the 3 copies
+
+
+def test_info_names_the_training_data_and_explains_the_colour_mode(tmp_path, make_model):
+    model = make_model(tmp_path, LABELS2, training_data="train split of "
+                       "../shared/data/fer2013 (classes happy, sad)")
+    r = invoke("info", model=model)
+    assert r.exit_code == 0, r.stderr
+    assert "trained on:   FER-2013, train split (classes happy, sad)\n" in r.stdout
+    assert "../shared" not in r.stdout
+    assert "input:        32x32, 8-bit grey (luma) repeated on 3 channels (gray3), " in r.stdout
+
+
+def test_json_on_stdout_stays_whole_when_the_run_fails_midway(photos, model_path, monkeypatch):
+    """A failure after some images (here the model) still closes the JSON array on stdout."""
+    from fer_edge import ModelError
+    from fer_edge.classifier import Classifier
+
+    real = Classifier.analyze_iter
+
+    def failing(self, images, **kw):
+        for i, result in enumerate(real(self, images, **kw)):
+            if i == 2:
+                raise ModelError("model.onnx: inference failed (simulated)")
+            yield result
+
+    monkeypatch.setattr(Classifier, "analyze_iter", failing)
+    r = invoke("classify", str(photos), "--format", "json", "--batch-size", "1", model=model_path)
+    assert r.exit_code == 1 and "simulated" in r.stderr
+    records = json.loads(r.stdout)
+    assert [Path(x["path"]).name for x in records] == ["a.png", "b.jpg"]
+    assert all("label" in x for x in records)

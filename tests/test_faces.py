@@ -1,19 +1,19 @@
-"""Face detection, FER-style face crops and annotated output (fer_edge.faces / .annotate).
+"""Face detection, FER-style face crops and annotated output.
 
-Control flow is tested on synthetic images without OpenCV; detection is tested
-on a real photo (scikit-image's astronaut) when opencv-python-headless<5 and
-scikit-image are installed, and skipped otherwise.
+Covers fer_edge.faces (modes, framing, aligned crops), fer_edge.blazeface (the
+shipped detector, run on the committed ONNX file: no TensorFlow, no tflite
+package) and fer_edge.annotate. Real-photo tests use scikit-image's sample
+photos and skip when scikit-image is not installed.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import pickle
 import subprocess
 import sys
-import threading
-import types
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -21,13 +21,14 @@ import pytest
 from PIL import Image
 
 from fer_edge import annotate as annotate_mod
-from fer_edge import faces
+from fer_edge import blazeface, faces
 from fer_edge.annotate import annotate, annotated_path, save_annotated
-from fer_edge.errors import DependencyError, FerEdgeError
-from fer_edge.faces import FACE_MODES, FaceBox, crop_face, detect_faces, face_frame, needs_detection
+from fer_edge.blazeface import BlazeFace, weighted_nms
+from fer_edge.detector import FaceDetector, Landmark
+from fer_edge.errors import ModelError
+from fer_edge.faces import FACE_MODES, FaceBox, crop_face, eye_angle, face_frame, needs_detection
 from fer_edge.preprocess import to_gray
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.constants import REPO
 
 # Where scikit-image's astronaut photo has its face (checked by eye on an
 # annotated copy): centre and side of the face box, in pixels.
@@ -85,7 +86,8 @@ def test_bad_mode_lists_choices(mode):
 def test_frame_is_square_centred_and_uses_longer_side():
     left, top, side = face_frame(FaceBox(x=100, y=50, w=80, h=100))
     assert side == round(100 * faces.FRAME_SCALE)
-    assert (left + side / 2, top + side / 2) == pytest.approx((140, 100), abs=0.5)
+    centre_y = 100 + faces.FRAME_OFFSET_Y * side  # measured offset from the box centre
+    assert (left + side / 2, top + side / 2) == pytest.approx((140, centre_y), abs=0.5)
 
 
 def test_crop_inside_image_is_the_plain_pixels():
@@ -126,7 +128,7 @@ def test_crop_luma_equals_luma_crop(mode, out_mode, box):
     rng = np.random.default_rng(0)
     rgb = Image.fromarray(rng.integers(0, 256, (200, 160, 3), dtype=np.uint8))
     if mode == "I;16":
-        img = Image.fromarray((np.asarray(to_gray(rgb), dtype=np.uint16) * 257))
+        img = Image.fromarray(np.asarray(to_gray(rgb), dtype=np.uint16) * 257)
     elif mode == "F":
         img = Image.fromarray(np.asarray(to_gray(rgb), dtype=np.float32) / 255)
     elif mode == "P":
@@ -236,36 +238,13 @@ def test_save_annotated_loses_a_race_without_overwriting(tmp_path, monkeypatch):
     assert written == tmp_path / "x.annotated-1.png"
 
 
-# ------------------------------------------------------- missing OpenCV / import
+# ------------------------------------------------------------ imports, no OpenCV
 
 
-@pytest.fixture
-def fresh_cascade_cache(monkeypatch):
-    """Forget any cascade this thread already loaded."""
-    monkeypatch.setattr(faces, "_local", threading.local())
-
-
-def test_missing_opencv_says_how_to_install(monkeypatch, fresh_cascade_cache):
-    monkeypatch.setitem(sys.modules, "cv2", None)  # makes `import cv2` fail
-    with pytest.raises(DependencyError) as info:
-        detect_faces(Image.new("L", (100, 100)))
-    assert "fer-edge[detect]" in str(info.value) and "opencv-python-headless<5" in str(info.value)
-    assert isinstance(info.value, FerEdgeError) and isinstance(info.value, ImportError)
-
-
-def test_opencv_without_cascades_says_to_install_4x(monkeypatch, fresh_cascade_cache):
-    fake = types.ModuleType("cv2")
-    fake.__version__ = "5.0.0"
-    monkeypatch.setitem(sys.modules, "cv2", fake)
-    expected = r"OpenCV 5\.0\.0 does not ship.*opencv-python-headless<5"
-    with pytest.raises(DependencyError, match=expected):
-        detect_faces(Image.new("L", (100, 100)))
-
-
-def test_importing_does_not_import_opencv():
+def test_importing_never_imports_opencv_torch_or_tensorflow():
     code = (
-        "import sys, fer_edge.faces, fer_edge.annotate;"
-        "bad = {'cv2', 'torch'} & set(sys.modules); assert not bad, bad"
+        "import sys, fer_edge, fer_edge.faces, fer_edge.blazeface, fer_edge.annotate;"
+        "bad = {'cv2', 'torch', 'tensorflow', 'tflite_runtime'} & set(sys.modules); assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
@@ -273,20 +252,136 @@ def test_importing_does_not_import_opencv():
 def test_crop_and_annotate_work_without_opencv(monkeypatch):
     monkeypatch.setitem(sys.modules, "cv2", None)
     img = gradient(100, 100)
-    assert crop_face(img, FaceBox(10, 10, 40, 40)).size == (42, 42)
+    assert crop_face(img, FaceBox(10, 10, 40, 40)).size == (48, 48)
     assert annotate(img, [result((10, 10, 40, 40))]).size == (100, 100)
 
 
-# ------------------------------------------------------------ real detection
+# ------------------------------------------------- alignment (synthetic landmarks)
+
+
+def eyes_at(centre: tuple[float, float], angle_deg: float, half: float = 20) -> tuple[Landmark, ...]:
+    """Eye landmarks ``2 * half`` apart on a line through ``centre`` at ``angle_deg``."""
+    dx, dy = half * math.cos(math.radians(angle_deg)), half * math.sin(math.radians(angle_deg))
+    cx, cy = centre
+    return (Landmark("right_eye", cx - dx, cy - dy), Landmark("left_eye", cx + dx, cy + dy))
+
+
+@pytest.mark.parametrize("angle", [0.0, 30.0, -45.0, 90.0, 179.0])
+def test_eye_angle_follows_the_eye_line(angle):
+    box = FaceBox(100, 100, 80, 80, landmarks=eyes_at((140, 130), angle))
+    assert eye_angle(box) == pytest.approx(angle, abs=1e-6)
+
+
+def test_eye_angle_needs_both_eyes():
+    assert eye_angle(FaceBox(0, 0, 9, 9)) is None
+    assert eye_angle(FaceBox(0, 0, 9, 9, landmarks=(Landmark("right_eye", 1, 1),))) is None
+
+
+def test_small_tilt_is_cut_without_rotation():
+    img = gradient(300, 200)
+    tilt = faces.MIN_ROTATION_DEG / 2
+    box = FaceBox(100, 60, 80, 80, landmarks=eyes_at((140, 90), tilt))
+    np.testing.assert_array_equal(np.asarray(crop_face(img, box)),
+                                  np.asarray(crop_face(img, box, align=False)))
+
+
+@pytest.mark.parametrize("angle", [30.0, -60.0, 150.0])
+def test_rotated_crop_shows_the_eye_line_level(angle):
+    """A bright bar along the eye line must come out as a horizontal bar
+    through the box centre's row of the crop; unaligned, it does not."""
+    img = Image.new("L", (400, 400), 0)
+    box = FaceBox(160, 160, 80, 80, landmarks=eyes_at((200, 200), angle))
+    (r_x, r_y), (l_x, l_y) = (p[1:] for p in box.landmarks)
+    # The bar runs well past both eyes, through the box centre (200, 200).
+    draw_from = (2 * r_x - l_x - 60 * math.cos(math.radians(angle)),
+                 2 * r_y - l_y - 60 * math.sin(math.radians(angle)))
+    draw_to = (2 * l_x - r_x + 60 * math.cos(math.radians(angle)),
+               2 * l_y - r_y + 60 * math.sin(math.radians(angle)))
+    from PIL import ImageDraw
+
+    ImageDraw.Draw(img).line([draw_from, draw_to], fill=255, width=5)
+    crop = np.asarray(crop_face(img, box), dtype=float)
+    side = crop.shape[0]
+    assert crop.shape == (side, side) and side == face_frame(box)[2]
+    # The box centre sits FRAME_OFFSET_Y frame sides above the crop's centre.
+    row = round(side / 2 - faces.FRAME_OFFSET_Y * side - 0.5)
+    cols = slice(side // 4, 3 * side // 4)
+    assert crop[row - 1 : row + 2, cols].max(axis=0).min() > 150  # the bar, all along
+    assert crop[row + 8, cols].max() < 60 and crop[row - 8, cols].max() < 60  # nothing else
+    unaligned = np.asarray(crop_face(img, box, align=False), dtype=float)
+    assert unaligned[row - 1 : row + 2, cols].max(axis=0).min() < 150
+
+
+def test_rotated_crop_at_the_border_is_padded_with_border_pixels_not_black():
+    img = Image.new("RGB", (120, 90), (77, 88, 99))
+    box = FaceBox(-20, -15, 60, 60, landmarks=eyes_at((10, 10), 35))
+    crop = np.asarray(crop_face(img, box))
+    assert crop.shape == (face_frame(box)[2],) * 2 + (3,)
+    assert (crop == (77, 88, 99)).all()
+
+
+@pytest.mark.parametrize("mode, out_mode", [("L", "L"), ("RGB", "RGB"), ("P", "RGBA"),
+                                            ("I;16", "L"), ("F", "F")])
+def test_rotated_crop_luma_equals_luma_of_rotated_gray(mode, out_mode):
+    rng = np.random.default_rng(3)
+    smooth = Image.fromarray(rng.integers(0, 256, (20, 16, 3), dtype=np.uint8)).resize((160, 200))
+    if mode == "I;16":
+        img = Image.fromarray(np.asarray(to_gray(smooth), dtype=np.uint16) * 257)
+    elif mode == "F":
+        img = Image.fromarray(np.asarray(to_gray(smooth), dtype=np.float32) / 255)
+    elif mode == "P":
+        img = smooth.quantize(256)
+    else:
+        img = smooth.convert(mode)
+    box = FaceBox(40, 50, 70, 70, landmarks=eyes_at((75, 80), 25))
+    crop = crop_face(img, box)
+    assert crop.mode == out_mode
+    diff = np.abs(np.asarray(to_gray(crop), dtype=int) - np.asarray(crop_face(to_gray(img), box), dtype=int))
+    assert diff.max() <= 3  # bilinear sampling of colours vs of luma: rounding apart
+
+
+# --------------------------------------------------------------------- weighted NMS
+
+
+def test_weighted_nms_merges_overlapping_boxes_and_keeps_separate_ones():
+    dets = np.array([[0, 0, 10, 10, 2, 3], [2, 0, 12, 10, 4, 3], [50, 50, 60, 60, 55, 52]], float)
+    merged, scores = weighted_nms(dets, np.array([0.6, 0.9, 0.7]))
+    assert scores.tolist() == [0.9, 0.7]
+    # Weighted by score: (0.6 * 0 + 0.9 * 2) / 1.5 = 1.2, landmarks too.
+    np.testing.assert_allclose(merged[0], [1.2, 0, 11.2, 10, 3.2, 3])
+    np.testing.assert_allclose(merged[1], dets[2])
+
+
+def test_weighted_nms_of_nothing_is_nothing():
+    merged, scores = weighted_nms(np.zeros((0, 16)), np.zeros(0))
+    assert merged.shape == (0, 16) and scores.shape == (0,)
+
+
+@pytest.mark.parametrize("size, min_face, longest_input", [
+    ((1280, 854), None, blazeface.FINE_SIDE),  # default: coarse + fine at FINE_SIDE
+    ((150, 100), None, 192),  # small image: the coarse pass alone
+    ((1920, 1080), 24, 1600),  # a 24 px face must be MIN_FACE_INPUT_PX in the input
+    ((8000, 6000), 8, blazeface.MAX_FINE_SIDE),  # memory cap
+])
+def test_detection_passes(size, min_face, longest_input):
+    detector = BlazeFace(providers="cpu", min_face=min_face)
+    passes = detector._passes(*size)
+    assert max(max(p.input_w, p.input_h) for p in passes) == longest_input
+    for p in passes:
+        assert p.input_w % blazeface.INPUT_MULTIPLE == 0 and p.input_h % blazeface.INPUT_MULTIPLE == 0
+        assert p.input_w >= p.size[0] + 2 * p.pad and p.input_h >= p.size[1] + 2 * p.pad
+
+
+# ------------------------------------------------------- BlazeFace on real photos
 
 
 @pytest.fixture(scope="module")
-def opencv() -> types.ModuleType:
-    return pytest.importorskip("cv2")
+def detector() -> BlazeFace:
+    return BlazeFace(providers="cpu", threads=2)
 
 
 @pytest.fixture(scope="module")
-def astronaut(opencv) -> Image.Image:
+def astronaut() -> Image.Image:
     skdata = pytest.importorskip("skimage.data")
     return Image.fromarray(skdata.astronaut())
 
@@ -294,14 +389,28 @@ def astronaut(opencv) -> Image.Image:
 def assert_face_at(box: FaceBox, centre: tuple[float, float], side: float) -> None:
     cx, cy = box.x + box.w / 2, box.y + box.h / 2
     assert abs(cx - centre[0]) <= 0.15 * side and abs(cy - centre[1]) <= 0.15 * side, box
-    assert 0.8 * side <= box.w <= 1.2 * side, box
+    assert 0.8 * side <= box.w <= 1.25 * side, box
 
 
-def test_astronaut_face_is_found_where_it_is(astronaut):
-    found = detect_faces(astronaut)
+def test_blazeface_is_a_face_detector(detector):
+    assert isinstance(detector, FaceDetector)
+    assert blazeface.DEFAULT_MODEL.is_file()
+    assert blazeface.DEFAULT_MODEL.with_name("LICENSE-blazeface").is_file()
+
+
+def test_astronaut_face_is_found_with_landmarks(detector, astronaut):
+    found = detector.detect(astronaut)
     assert len(found) == 1
-    assert_face_at(found[0], ASTRONAUT_FACE_CENTRE, ASTRONAUT_FACE_SIDE)
-    assert found[0].score is not None and found[0].score > 0
+    face = found[0]
+    assert_face_at(face, ASTRONAUT_FACE_CENTRE, ASTRONAUT_FACE_SIDE)
+    assert blazeface.MIN_SCORE <= face.score <= 1
+    assert [p.name for p in face.landmarks] == list(blazeface.LANDMARK_NAMES)
+    right, left = face.landmark("right_eye"), face.landmark("left_eye")
+    nose, mouth = face.landmark("nose_tip"), face.landmark("mouth_center")
+    # The person's right eye is on the image's left; nose between, mouth below.
+    assert face.x < right[0] < nose[0] < left[0] < face.x + face.w
+    assert face.y < right[1] < nose[1] < mouth[1] < face.y + face.h
+    assert abs(eye_angle(face)) < 10  # she holds her head upright
 
 
 def head(astronaut: Image.Image, size: int) -> Image.Image:
@@ -312,65 +421,214 @@ def head(astronaut: Image.Image, size: int) -> Image.Image:
     return square.resize((size, size), Image.BILINEAR)
 
 
-def test_three_faces_give_three_boxes_largest_first(astronaut):
+def test_tiled_faces_give_one_box_each_largest_first(detector, astronaut):
     canvas = Image.new("RGB", (620, 260), (90, 90, 90))
     placed = [(200, (10, 30)), (150, (240, 60)), (110, (420, 100))]  # (size, top-left)
     for size, corner in placed:
         canvas.paste(head(astronaut, size), corner)
-    found = detect_faces(canvas)
+    found = detector.detect(canvas)
     assert len(found) == 3
     assert [f.w * f.h for f in found] == sorted((f.w * f.h for f in found), reverse=True)
     for box, (size, (x, y)) in zip(found, placed):
         assert_face_at(box, (x + size / 2, y + size / 2), ASTRONAUT_FACE_SIDE * size / 194)
 
 
-def test_large_photo_is_shrunk_for_detection_and_boxes_map_back(astronaut):
+def test_large_photo_boxes_map_back_to_full_size_pixels(detector, astronaut):
     canvas = Image.new("RGB", (3000, 2000), (200, 200, 200))
     canvas.paste(astronaut.resize((1024, 1024), Image.BILINEAR), (1700, 600))
-    found = detect_faces(canvas)
+    found = detector.detect(canvas)
     assert len(found) == 1
     cx, cy = ASTRONAUT_FACE_CENTRE
     assert_face_at(found[0], (1700 + 2 * cx, 600 + 2 * cy), 2 * ASTRONAUT_FACE_SIDE)
 
 
-@pytest.mark.parametrize("size", [(8, 8), (640, 480)])
-def test_no_face_gives_empty_list(astronaut, size):
-    rng = np.random.default_rng(1)
-    noise = Image.fromarray(rng.integers(0, 256, size[::-1], dtype=np.uint8))
-    assert detect_faces(noise) == []
+def test_24px_face_in_a_1920x1080_photo_is_found_with_min_face(astronaut):
+    photo = Image.new("RGB", (1920, 1080), (150, 150, 150))
+    photo.paste(head(astronaut, 48), (1500, 700))  # the face itself is ~24 px
+    found = BlazeFace(providers="cpu", threads=2, min_face=24).detect(photo)
+    assert len(found) == 1
+    assert_face_at(found[0], (1524, 724), 24)
 
 
-@pytest.mark.parametrize("name", ["coins", "moon", "camera"])
-def test_faceless_sample_photos_give_no_face(astronaut, name):
-    """Precision guard: OpenCV's "default" cascade reports faces on coins."""
+@pytest.mark.parametrize("image", [
+    Image.new("L", (1, 1)),
+    Image.new("RGB", (640, 480)),
+    Image.new("RGB", (1920, 1080), (255, 255, 255)),
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (480, 640), dtype=np.uint8)),
+], ids=["1x1", "black", "white-1080p", "noise"])
+def test_no_face_gives_empty_list(detector, image):
+    assert detector.detect(image) == []
+
+
+@pytest.mark.parametrize("name", ["coins", "moon", "chelsea", "logo", "rocket", "hubble_deep_field"])
+def test_faceless_sample_photos_give_no_face(detector, name):
+    """Precision guard: at MediaPipe's own 0.5 threshold coins, the logo and a galaxy gave boxes."""
     skdata = pytest.importorskip("skimage.data")
-    assert detect_faces(Image.fromarray(getattr(skdata, name)())) == []
+    assert detector.detect(Image.fromarray(getattr(skdata, name)())) == []
 
 
-def test_detection_is_safe_from_several_threads(astronaut):
-    expected = detect_faces(astronaut)
+def test_photographer_looking_into_his_camera_is_found(detector):
+    """The Haar cascade missed this half-turned face; BlazeFace must not."""
+    skdata = pytest.importorskip("skimage.data")
+    [face] = detector.detect(Image.fromarray(skdata.camera()))
+    assert_face_at(face, (236, 159), 70)
+
+
+def test_tilted_face_is_found_and_its_crop_is_upright(detector, astronaut):
+    photo = Image.new("RGB", (512, 512), (120, 120, 120))
+    photo.paste(head(astronaut, 300), (106, 106))
+    tilted = photo.rotate(30, resample=Image.BILINEAR, fillcolor=(120, 120, 120))  # anticlockwise
+    [face] = detector.detect(tilted)
+    assert -38 <= eye_angle(face) <= -15  # BlazeFace's eyes understate large tilts a little
+    crop = crop_face(tilted, face)
+    shown = Image.new("RGB", (crop.width * 2, crop.height * 2), (120, 120, 120))
+    shown.paste(crop, (crop.width // 2, crop.height // 2))
+    [again] = detector.detect(shown)
+    assert abs(eye_angle(again)) < 10  # the crop shows the eyes (nearly) level
+
+
+def test_face_with_covered_eyes_is_found(detector, astronaut):
+    from PIL import ImageDraw
+
+    photo = astronaut.copy()
+    ImageDraw.Draw(photo).rectangle((190, 92, 262, 112), fill=(10, 10, 10))  # "sunglasses"
+    [face] = detector.detect(photo)
+    assert_face_at(face, ASTRONAUT_FACE_CENTRE, ASTRONAUT_FACE_SIDE)
+
+
+@pytest.mark.parametrize("convert", [
+    lambda im: im.convert("L"),
+    lambda im: Image.fromarray(np.asarray(im.convert("L"), dtype=np.uint16) * 257),
+    lambda im: im.convert("P"),
+    lambda im: im.convert("RGBA"),
+], ids=["L", "I;16", "P", "RGBA"])
+def test_any_image_mode_is_detected(detector, astronaut, convert):
+    [face] = detector.detect(convert(astronaut))
+    assert_face_at(face, ASTRONAUT_FACE_CENTRE, ASTRONAUT_FACE_SIDE)
+
+
+def test_face_cut_by_the_border_gets_a_full_padded_crop(detector, astronaut):
+    photo = astronaut.crop((195, 0, 512, 512))  # the left third of the face is outside
+    found = detector.detect(photo)
+    assert len(found) == 1
+    box = found[0]
+    assert box.x < 0  # the box reaches past the border ...
+    crop = crop_face(photo, box)  # ... and the crop is still the whole frame
+    assert crop.size == (face_frame(box)[2],) * 2
+
+
+def test_detection_is_safe_from_several_threads(detector, astronaut):
+    expected = detector.detect(astronaut)
     with ThreadPoolExecutor(3) as pool:
-        results = list(pool.map(detect_faces, [astronaut] * 3))
+        results = list(pool.map(detector.detect, [astronaut] * 3))
     assert results == [expected] * 3
 
 
-def test_detected_crop_is_framed_like_fer2013(opencv):
+def test_detector_survives_pickling(detector, astronaut):
+    copy = pickle.loads(pickle.dumps(detector))
+    assert copy.detect(astronaut) == detector.detect(astronaut)
+
+
+# --------------------------------------------------------- bad detector model files
+
+
+def test_missing_detector_model_is_a_model_error_naming_it(tmp_path):
+    with pytest.raises(ModelError, match=r"face detector model .*none\.onnx: no such file"):
+        BlazeFace(tmp_path / "none.onnx", providers="cpu")
+
+
+def test_corrupt_detector_model_is_a_model_error_naming_it(tmp_path):
+    bad = tmp_path / "blazeface.onnx"
+    bad.write_bytes(b"\x08\x07 definitely not a protobuf")
+    with pytest.raises(ModelError, match=r"face detector model .*blazeface\.onnx: not a loadable ONNX"):
+        BlazeFace(bad, providers="cpu")
+
+
+def test_other_onnx_model_as_detector_is_refused(model_path):
+    with pytest.raises(ModelError, match="not a BlazeFace model"):
+        BlazeFace(model_path, providers="cpu")
+
+
+def test_settings_are_checked():
+    with pytest.raises(ValueError, match="min_score"):
+        BlazeFace(providers="cpu", min_score=1.5)
+    with pytest.raises(ValueError, match="min_face"):
+        BlazeFace(providers="cpu", min_face=0)
+
+
+# ---------------------------------------------------------- Classifier and detectors
+
+
+class FixedDetector:
+    """A FaceDetector that is not BlazeFace: fixed boxes, counted calls."""
+
+    def __init__(self, boxes: list[FaceBox]):
+        self.boxes = boxes
+        self.calls = 0
+
+    def detect(self, image: Image.Image) -> list[FaceBox]:
+        self.calls += 1
+        return list(self.boxes)
+
+
+def test_classifier_accepts_any_face_detector(model_path):
+    from fer_edge import Classifier
+
+    custom = FixedDetector([FaceBox(10, 10, 30, 30, 0.9), FaceBox(60, 40, 50, 50, None)])
+    clf = Classifier(model_path, providers="cpu", detector=custom)
+    photo = gradient(200, 150).convert("RGB")
+    r = clf.analyze(photo, faces="on")
+    assert r.detected and [f.box for f in r.faces] == [(10, 10, 30, 30), (60, 40, 50, 50)]
+    assert [f.detection_score for f in r.faces] == [0.9, None]
+    assert r.faces[0].prediction == clf.predict(crop_face(photo, custom.boxes[0]))
+    assert clf.analyze(gradient(48, 48), faces="auto").detected is False
+    assert custom.calls == 1  # a face crop under "auto" is not detected
+    with pytest.raises(TypeError, match="detect"):
+        Classifier(model_path, detector=object())
+
+
+def test_classifier_default_detector_is_blazeface_on_the_model_providers(model_path, astronaut):
+    from fer_edge import Classifier
+
+    clf = Classifier(model_path, providers="cpu")
+    assert isinstance(clf.detector, BlazeFace) and clf.detector.providers == clf.providers
+    r = clf.analyze(astronaut, faces="auto")
+    assert r.detected and len(r.faces) == 1
+    assert_face_at(FaceBox(*r.faces[0].box), ASTRONAUT_FACE_CENTRE, ASTRONAUT_FACE_SIDE)
+
+
+def test_classifier_with_broken_detector_file_says_which(model_path, monkeypatch, tmp_path):
+    from fer_edge import Classifier
+
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"")
+    monkeypatch.setattr(blazeface, "DEFAULT_MODEL", bad)
+    clf = Classifier(model_path, providers="cpu")  # opening the detector waits until needed
+    assert clf.analyze(gradient(64, 48), faces="off").faces  # no detection, no error
+    with pytest.raises(ModelError, match="face detector model .*broken.onnx"):
+        clf.analyze(gradient(640, 480), faces="on")
+
+
+# ------------------------------------------------------------ FER-2013 framing
+
+
+def test_detected_crop_is_framed_like_fer2013(detector, fer_data):
     """Detect the face in FER-2013 images shown with room around them; cropping
     the detected box must give back (about) the original 48x48 frame."""
-    root = Path(os.environ.get("FER_EDGE_DATA", REPO.parent / "shared" / "data" / "fer2013"))
-    files = sorted((root / "val" / "happy").glob("*.jpg"))[:40]
+    files = sorted((fer_data / "val" / "happy").glob("*.jpg"))[:40]
     if not files:
-        pytest.skip(f"no FER-2013 images under {root} (set FER_EDGE_DATA)")
+        pytest.skip(f"no FER-2013 happy val images under {fer_data}")
     frames = []  # (side, centre x, centre y) relative to the shown 96 px face
     for f in files:
         face = to_gray(Image.open(f)).resize((96, 96), Image.BILINEAR)
         shown = Image.new("L", (192, 192), 128)
         shown.paste(face, (48, 48))
-        found = detect_faces(shown)
+        found = detector.detect(shown)
         if found:
             left, top, side = face_frame(found[0])
             frames.append((side / 96, (left + side / 2 - 96) / 96, (top + side / 2 - 96) / 96))
-    assert len(frames) >= len(files) // 2
+    # Tight, grey, low-resolution crops are hard for any detector: about half are found.
+    assert len(frames) >= len(files) // 3
     size, dx, dy = np.median(np.asarray(frames), axis=0)
-    assert 0.93 <= size <= 1.08  # individual FER crops vary (quartiles ~0.98..1.13)
+    assert 0.9 <= size <= 1.1  # individual FER crops vary (quartiles ~0.93..1.11)
     assert abs(dx) <= 0.05 and abs(dy) <= 0.05

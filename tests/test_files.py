@@ -40,7 +40,32 @@ def test_walk_is_recursive_sorted_and_skips_non_images(tmp_path):
 def test_explicit_files_are_kept_whatever_their_extension(tmp_path):
     notes = _touch(tmp_path / "notes.txt")
     scan = find_images([notes, tmp_path / "missing.png", notes])
-    assert scan.files == [notes, tmp_path / "missing.png"]
+    assert scan.files == [notes]
+    assert scan.failures == [(tmp_path / "missing.png", "no such file")]
+
+
+@pytest.mark.parametrize(("typed", "reason"), [
+    ("gone/", "no such folder"),
+    ("gone.jpg", "no such file"),
+    ("gone", "no such file or folder"),
+    ("gone/x.png", "no such file"),
+])
+def test_a_missing_path_is_one_failure_worded_for_what_was_named(tmp_path, monkeypatch, typed,
+                                                                 reason):
+    monkeypatch.chdir(tmp_path)
+    scan = find_images([typed])
+    assert scan.files == [] and scan.failures == [(Path(typed), reason)]
+
+
+def test_annotated_copies_are_skipped_in_walks_but_not_when_named(tmp_path):
+    photo = _touch(tmp_path / "team.jpg")
+    copies = [_touch(tmp_path / "out" / name)
+              for name in ("team.annotated.png", "team.annotated-2.png")]
+    own = _touch(tmp_path / "annotated.png")  # a photo that merely has the word in its name
+    scan = find_images([tmp_path])
+    assert scan.files == [own, photo]
+    assert sorted(scan.skipped) == sorted(copies)
+    assert find_images([copies[0]]).files == [copies[0]]
 
 
 def test_directory_named_like_an_image_is_walked_not_opened(tmp_path):

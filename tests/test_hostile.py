@@ -28,8 +28,7 @@ from PIL import Image
 
 from fer_edge import FerEdgeError, ImageError
 from fer_edge.preprocess import load_image, preprocess_gray
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.constants import REPO
 
 
 def _noise(size=(64, 64), mode="RGB", seed=0) -> Image.Image:
@@ -124,9 +123,11 @@ CASES = [
     Case("random bytes", _bytes("random.jpg", np.random.default_rng(3).bytes(4096)),
          error=r"random\.jpg: not a readable image"),
     Case("decompression bomb 100000x100000", _bytes("bomb.png", _png_header(100_000, 100_000)),
-         error=r"bomb\.png: refused, image too large"),
+         error=r"bomb\.png: refused, image too large: 10,000,000,000 pixels exceeds the "
+               r"50,000,000-pixel limit"),
     Case("over the 50-megapixel limit", _bytes("big.png", _png_header(8000, 8000)),
-         error=r"big\.png: refused, 8000x8000 exceeds the 50,000,000-pixel limit"),
+         error=r"big\.png: refused, image too large: 8000x8000 pixels exceeds the "
+               r"50,000,000-pixel limit"),
     Case("directory named .jpg", _folder_named_jpg, error=r"folder\.jpg: is a directory"),
     Case("missing file", lambda d: d / "nowhere.png", error=r"nowhere\.png: no such file"),
     Case("CMYK JPEG", _image("cmyk.jpg", lambda: Image.new("CMYK", (20, 20), (0, 0, 0, 155))),
@@ -380,3 +381,344 @@ def test_looping_symlink_named_explicitly(tmp_path):
     os.symlink("self.png", tmp_path / "self.png")
     with pytest.raises(ImageError, match=r"self\.png: broken or looping symbolic link"):
         load_image(tmp_path / "self.png")
+
+
+# -- round two (issue 17): decoders, formats, memory, output, signals, names --------
+
+
+def _save(path: Path, img: Image.Image | None = None, **params) -> Path:
+    (img or _noise((48, 48))).save(path, **params)
+    return path
+
+
+def test_any_decoder_exception_is_that_files_error_and_the_batch_goes_on(tmp_path, classifier,
+                                                                        monkeypatch):
+    good, odd = _save(tmp_path / "good.png"), _save(tmp_path / "odd.png")
+    from PIL import ImageFile
+
+    real_load = ImageFile.ImageFile.load
+
+    def load(self):  # a plugin raising what Pillow's own code does not expect
+        if str(self.filename).endswith("odd.png"):
+            raise NotImplementedError("Unimplemented pixel format")
+        return real_load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    with pytest.raises(ImageError, match=r"odd\.png: .*NotImplementedError: Unimplemented"):
+        load_image(odd)
+    results = classifier.analyze_batch([good, odd, good], errors="record")
+    assert [r.ok for r in results] == [True, False, True]
+    assert results[1].error.startswith(str(odd))
+
+
+def test_formats_outside_the_allow_list_are_refused_by_content(tmp_path):
+    dds = io.BytesIO()
+    Image.new("RGB", (8, 8), (90, 90, 90)).save(dds, "DDS")
+    path = tmp_path / "texture.jpg"
+    path.write_bytes(dds.getvalue())
+    with pytest.raises(ImageError, match=r"texture\.jpg: not a readable image \(content is not JPEG"):
+        load_image(path)
+
+
+def test_postscript_named_jpg_never_reaches_ghostscript(tmp_path, monkeypatch):
+    from PIL import EpsImagePlugin
+
+    calls = []
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(EpsImagePlugin, "has_ghostscript", lambda: True)
+    path = tmp_path / "holiday.jpg"
+    path.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 48 48\n"
+                     b"newpath 0 0 moveto 48 48 lineto stroke showpage\n%%EOF\n")
+    with pytest.raises(ImageError, match=r"holiday\.jpg: not a readable image"):
+        load_image(path)
+    assert calls == []
+
+
+def test_folder_walk_takes_exactly_the_decoded_formats():
+    from fer_edge.files import IMAGE_EXTENSIONS
+    from fer_edge.preprocess import RASTER_FORMATS
+
+    registered = Image.registered_extensions()
+    assert {registered[ext] for ext in IMAGE_EXTENSIONS} == set(RASTER_FORMATS)
+    assert not {".eps", ".ps", ".pdf", ".dds", ".psd", ".h5", ".wmf"} & IMAGE_EXTENSIONS
+
+
+def test_fuzzed_files_of_every_walked_format_raise_only_image_errors(tmp_path):
+    from benchmarks import fuzz_decode
+
+    report = fuzz_decode.run(cases=3000, seed=17, folder=tmp_path)
+    assert report.failures == []
+    # Both outcomes occur, so the mutations reach the decoders and not only the header check.
+    assert report.decoded > 100 and report.refused > 100
+
+
+def test_batch_keeps_only_model_size_crops(tmp_path, model_path, monkeypatch):
+    import gc
+    import weakref
+
+    from fer_edge import Classifier
+    from fer_edge import classifier as classifier_module
+
+    paths = [_save(tmp_path / f"{i}.png", _noise((300, 200), seed=i)) for i in range(4)]
+    clf = Classifier(model_path, providers="cpu", batch_size=4)
+    decoded: list[weakref.ref] = []
+    real_load, real_classify = classifier_module.load_reduced, Classifier._classify
+
+    def load(source, min_side=None):
+        img, full = real_load(source, min_side)
+        decoded.append(weakref.ref(img))
+        return img, full
+
+    def classify(self, grays):
+        gc.collect()
+        assert [ref() for ref in decoded] == [None] * len(decoded), "decoded images kept"
+        return real_classify(self, grays)
+
+    monkeypatch.setattr(classifier_module, "load_reduced", load)
+    monkeypatch.setattr(Classifier, "_classify", classify)
+    assert all(r.ok for r in clf.analyze_batch(paths, faces="off"))
+    assert len(decoded) == 4
+
+
+def test_large_jpeg_is_decoded_reduced_and_reported_full_size(tmp_path, classifier,
+                                                              monkeypatch):
+    from fer_edge import preprocess
+
+    monkeypatch.setattr(preprocess, "REDUCE_ABOVE_PIXELS", 10_000)
+    path = _save(tmp_path / "photo.jpg", Image.new("L", (400, 304), 90), quality=90)
+    img, full = preprocess.load_reduced(path, min_side=32)
+    assert img.size == (50, 38) and full == (400, 304)  # libjpeg's 1/8 scale
+    [result] = classifier.analyze_batch([path], faces="off")
+    assert (result.width, result.height) == (400, 304)
+    assert result.faces[0].box == (0, 0, 400, 304)
+
+
+def test_16_bit_images_are_converted_without_float64_copies():
+    import tracemalloc
+
+    from fer_edge.preprocess import to_gray
+
+    img = Image.frombytes("I;16", (2000, 1000), np.full((1000, 2000), 30 * 257, "<u2").tobytes())
+    tracemalloc.start()
+    try:
+        gray = to_gray(img)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert np.asarray(gray).min() == np.asarray(gray).max() == 30
+    # One float64 copy alone is 16 MB (the old code made two); the uint16 pixels,
+    # the uint8 result and one float32 row block are 8 MB.
+    assert peak < 12_000_000, peak
+
+
+def _invoke(*args: str, model: Path):
+    from click.testing import CliRunner
+
+    from fer_edge.cli import cli
+
+    return CliRunner().invoke(cli, [*args, "--model", str(model)], catch_exceptions=False)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX")
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "device"])
+def test_force_replaces_only_regular_files(tmp_path, model_path, kind):
+    face = _save(tmp_path / "face.png")
+    target = tmp_path / "out.json"
+    if kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "symlink":
+        (tmp_path / "elsewhere.json").write_text("keep")
+        os.symlink(tmp_path / "elsewhere.json", target)
+    else:
+        try:
+            os.mknod(target, 0o600 | __import__("stat").S_IFCHR, os.makedev(1, 3))  # like /dev/null
+        except PermissionError:
+            pytest.skip("creating a device node needs root")
+    before = os.lstat(target)
+    r = _invoke("classify", str(face), "-o", str(target), "--force", model=model_path)
+    assert r.exit_code == 2, r.output
+    assert "--force replaces only regular files" in r.stderr
+    after = os.lstat(target)
+    assert (after.st_ino, after.st_mode) == (before.st_ino, before.st_mode)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("sig, code", [("SIGINT", 130), ("SIGTERM", 143), ("SIGHUP", 129)])
+def test_stop_signals_remove_the_temporary_file_and_exit_128_plus_n(tmp_path, model_path,
+                                                                   sig, code):
+    import signal
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    first = _save(folder / "0.png", Image.new("L", (8, 8), 7))
+    for i in range(1, 20_000):  # hard links: a long run, cheap to set up
+        os.link(first, folder / f"{i}.png")
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "fer_edge", "classify", str(folder), "-o",
+                             str(out), "--model", str(model_path), "--format", "jsonl",
+                             "--faces", "off", "--batch-size", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".out.jsonl.*.tmp")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(getattr(signal, sig))
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == code, stderr
+    assert f"fer-edge: stopped by {sig}".encode() in stderr and b"Traceback" not in stderr
+    assert list(tmp_path.glob(".out.jsonl.*")) == [] and not out.exists()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="control characters in file names")
+def test_control_characters_in_names_are_escaped_everywhere(tmp_path, model_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    _save(d / "new\nline.png")
+    (d / "evil\x1b]0;pwned\x07\x1b[2J.jpg").write_bytes(b"junk")
+    (d / "broken\nrow.jpg").write_bytes(b"junk")
+    for fmt in ("table", "csv", "jsonl"):
+        r = _invoke("classify", str(d), "--format", fmt, model=model_path)
+        assert r.exit_code == 1
+        for text in (r.stdout, r.stderr):
+            assert "\x1b" not in text and "\x07" not in text
+        shown = r.stdout.replace("\\\\", "\\")  # JSON doubles the backslash of the escape
+        assert "new\\nline.png" in shown and "evil\\x1b]0;pwned\\x07\\x1b[2J.jpg" in r.stderr
+        errors = r.stderr.splitlines()
+        assert len(errors) == 2 and all(e.startswith("fer-edge: error: ") for e in errors)
+        if fmt == "table":
+            assert len(r.stdout.splitlines()) == 1 + 3  # header + one row per file
+        if fmt == "jsonl":
+            assert len(r.stdout.splitlines()) == 3
+
+
+def test_csv_cells_that_could_be_formulas_are_neutralised(tmp_path, make_model, monkeypatch):
+    import csv as csv_module
+
+    model = make_model(tmp_path, ["=1+1", "@SUM(A1)"])
+    monkeypatch.chdir(tmp_path)
+    _save(tmp_path / "=cmd|' -C calc'!A0.png")
+    (tmp_path / "+bad.jpg").write_bytes(b"junk")
+    (tmp_path / "-dash.jpg").write_bytes(b"junk")
+    r = _invoke("classify", ".", "--format", "csv", model=model)
+    assert r.exit_code == 1
+    rows = list(csv_module.DictReader(io.StringIO(r.stdout)))
+    assert sorted(row["path"] for row in rows) == ["'+bad.jpg", "'-dash.jpg",
+                                                   "'=cmd|' -C calc'!A0.png"]
+    labelled = [row for row in rows if row["label"]]
+    assert labelled and all(row["label"] in ("'=1+1", "'@SUM(A1)") for row in labelled)
+    assert all(row["error"].startswith("'") for row in rows if row["error"])
+
+
+def test_jpeg_whose_header_lies_about_its_size_is_an_error(tmp_path):
+    data = bytearray(_encoded(_noise((48, 48), "L"), "JPEG"))
+    sof = data.find(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", 7000, 7000)
+    path = tmp_path / "liar.jpg"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ImageError, match=r"liar\.jpg: truncated or corrupt image data "
+                                         r"\(header says 7000x7000"):
+        load_image(path)
+
+
+def test_corrupt_jpeg_inside_a_tiff_is_an_error_and_prints_nothing(tmp_path, capfd):
+    data = bytearray(_encoded(_noise((64, 64)), "TIFF", compression="jpeg"))
+    for i in range(450, 500):  # inside the JPEG strip: libjpeg warns, libtiff goes on
+        data[i] ^= 0x55
+    path = tmp_path / "scan.tif"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ImageError, match=r"scan\.tif: truncated or corrupt image data "
+                                         r"\(JPEGLib: "):
+        load_image(path)
+    assert capfd.readouterr().err == ""  # libtiff's own stderr line is captured
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_disk_full_is_named_not_an_internal_error(tmp_path, model_path, monkeypatch):
+    face = _save(tmp_path / "face.png")
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "fer_edge", "classify", str(face),
+                               "--model", str(model_path)], stdout=full, stderr=subprocess.PIPE,
+                              timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.decode().splitlines() == [
+        "Error: cannot write standard output: no space left on device"]
+    # -o: the temporary file is on a full disk.
+    out = tmp_path / "out.json"
+    monkeypatch.setattr("fer_edge.atomic.tempfile.mkstemp",
+                        lambda **kw: (os.open("/dev/full", os.O_WRONLY), str(tmp_path / ".t")))
+    r = _invoke("classify", str(face), "-o", str(out), model=model_path)
+    assert r.exit_code == 1
+    assert f"cannot write {out}: no space left on device" in r.stderr
+
+
+def test_empty_path_is_a_usage_error(model_path):
+    r = _invoke("classify", "", model=model_path)
+    assert r.exit_code == 2 and "an empty path names no file or folder" in r.stderr
+
+
+@pytest.mark.parametrize("field, value", [("mean", float("nan")), ("std", float("inf"))])
+def test_nan_or_infinite_normalisation_is_refused_at_load(field, value):
+    from fer_edge import ModelError
+    from fer_edge.metadata import ModelInfo
+    from fer_edge.preprocess import PreprocessSpec
+
+    record = json.loads(ModelInfo(["a", "b"], PreprocessSpec()).to_json())
+    record["preprocess"][field] = [0.5, value, 0.5]
+    with pytest.raises(ModelError, match="mean and std must be finite"):
+        ModelInfo.from_props({"fer_edge": json.dumps(record)}, "m.onnx")
+
+
+def test_file_created_at_the_output_path_during_the_run_keeps_both(tmp_path, model_path,
+                                                                    monkeypatch):
+    from fer_edge import Classifier
+
+    face = _save(tmp_path / "face.png")
+    out = tmp_path / "out.json"
+    real = Classifier.analyze_iter
+
+    def analyze_iter(self, *args, **kwargs):
+        out.write_text("someone else's")  # appears while fer-edge is classifying
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Classifier, "analyze_iter", analyze_iter)
+    r = _invoke("classify", str(face), "-o", str(out), "--format", "json", model=model_path)
+    assert r.exit_code == 1
+    kept = tmp_path / "out-1.json"
+    assert f"{out}: appeared while writing" in r.stderr and f"results are in {kept}" in r.stderr
+    assert out.read_text() == "someone else's"
+    assert json.loads(kept.read_text())[0]["path"] == str(face)
+
+
+def test_classifier_survives_pickling_and_spawn_workers(model_path, tmp_path):
+    import multiprocessing
+    import pickle
+
+    from fer_edge import Classifier
+
+    clf = Classifier(model_path, providers="cpu", batch_size=2)
+    face = _save(tmp_path / "face.png")
+    copy = pickle.loads(pickle.dumps(clf))
+    assert copy.predict(face) == clf.predict(face)
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        assert pool.map(clf.predict, [face]) == [clf.predict(face)]
+
+
+def test_one_atomic_writer_leaves_nothing_behind_on_failure(tmp_path):
+    """fer_edge.atomic serves the CLI, export and train: a failed write keeps the old file."""
+    from fer_edge.atomic import atomic_write, create_new, current_umask
+
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with atomic_write(target, "wb") as f:
+            f.write(b"half")
+            raise RuntimeError("killed")
+    assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
+    with pytest.raises(FileExistsError):
+        with atomic_write(target, "wb", place=create_new) as f:
+            f.write(b"new")
+    assert target.read_bytes() == b"old" and len(list(tmp_path.iterdir())) == 1
+    with atomic_write(target, "wb") as f:
+        f.write(b"new")
+    assert target.read_bytes() == b"new"
+    assert target.stat().st_mode & 0o777 == 0o666 & ~current_umask()

@@ -16,7 +16,7 @@ ALL = ["AzureExecutionProvider", "CPUExecutionProvider", "CUDAExecutionProvider"
     (["AzureExecutionProvider", "CPUExecutionProvider"], ["CPUExecutionProvider"]),
     (["CPUExecutionProvider", "CUDAExecutionProvider"],
      ["CUDAExecutionProvider", "CPUExecutionProvider"]),
-    (ALL, list(PREFERENCE)),
+    (ALL, [p for p in PREFERENCE if p != "OpenVINOExecutionProvider"]),
     (["CPUExecutionProvider", "CoreMLExecutionProvider"],
      ["CoreMLExecutionProvider", "CPUExecutionProvider"]),
     (["DmlExecutionProvider", "CPUExecutionProvider"],
@@ -26,10 +26,32 @@ def test_automatic_choice_follows_the_fixed_preference(available, expected):
     assert resolve_providers(None, available=available) == expected
 
 
-def test_preference_order_is_tensorrt_cuda_coreml_directml_cpu():
+def test_preference_order_is_tensorrt_cuda_coreml_directml_openvino_cpu():
     assert PREFERENCE == ("TensorrtExecutionProvider", "CUDAExecutionProvider",
                           "CoreMLExecutionProvider", "DmlExecutionProvider",
-                          "CPUExecutionProvider")
+                          "OpenVINOExecutionProvider", "CPUExecutionProvider")
+
+
+@pytest.mark.parametrize("intel, expected", [
+    (True, ["OpenVINOExecutionProvider", "CPUExecutionProvider"]),
+    (False, ["CPUExecutionProvider"]),
+])
+def test_openvino_is_automatic_only_on_intel(intel, expected):
+    available = ["CPUExecutionProvider", "OpenVINOExecutionProvider"]
+    assert resolve_providers(None, available=available, intel=intel) == expected
+
+
+def test_gpu_providers_stay_ahead_of_openvino():
+    available = ["OpenVINOExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert resolve_providers(None, available=available, intel=True) == [
+        "CUDAExecutionProvider", "OpenVINOExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_openvino_on_request_anywhere_and_install_hint():
+    available = ["CPUExecutionProvider", "OpenVINOExecutionProvider"]
+    assert resolve_providers("openvino", available=available, intel=False) == ["OpenVINOExecutionProvider"]
+    with pytest.raises(ProviderError, match="pip install onnxruntime-openvino"):
+        resolve_providers("openvino", available=["CPUExecutionProvider"])
 
 
 @pytest.mark.parametrize("requested, expected", [

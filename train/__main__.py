@@ -1,8 +1,10 @@
-"""``python -m train``: fine-tune EfficientNet-B0 on an image-folder dataset.
+"""``python -m train``: fine-tune EfficientNet-B0 or -Lite0 on an image-folder dataset.
 
 Example:
     python -m train --data ../shared/data/fer2013 --out runs/b0-96 --epochs 20
+    python -m train --arch lite0 --teacher fer_edge/models/default.onnx --out runs/fast
     python -m train --out runs/b0-96 --resume      # continue a killed run
+    torchrun --nproc_per_node 4 -m train --out runs/b0-96   # 4 GPUs (or CPU processes)
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from .config import HALF, IMAGENET_MEAN, IMAGENET_STD, TrainConfig, parse_classes
-from .model import POOL_CHOICES, WEIGHT_CHOICES
+from .model import ARCH_CHOICES, POOL_CHOICES, WEIGHT_CHOICES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", default=",".join(d.classes),
                    help="comma-separated FER-2013 classes, or 'all' (default %(default)s)")
     p.add_argument("--input-size", type=int, default=d.input_size)
+    p.add_argument("--arch", choices=ARCH_CHOICES, default=d.arch,
+                   help="network: b0 (accurate) or lite0 (edge: ReLU6, no SE; int8-friendly)")
     p.add_argument("--weights", default=d.weights,
                    help=f"initial weights: one of {WEIGHT_CHOICES} or a checkpoint path")
     p.add_argument("--pool", choices=POOL_CHOICES, default=d.pool)
@@ -45,6 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device)
     p.add_argument("--threads", type=int, default=d.threads)
     p.add_argument("--limit-per-class", type=int, default=d.limit_per_class)
+    p.add_argument("--teacher", action="append", default=[], metavar="MODEL.onnx",
+                   help="distil from an exported model (repeat to average several teachers)")
+    p.add_argument("--teacher-mode", choices=("online", "cached"), default=d.teacher_mode,
+                   help="online: teacher sees each augmented batch; cached: once per image, "
+                        "before the first epoch (default %(default)s)")
+    p.add_argument("--kd-alpha", type=float, default=d.kd_alpha,
+                   help="weight of the distillation term, 0..1 (default %(default)s)")
+    p.add_argument("--kd-temperature", type=float, default=d.kd_temperature)
     p.add_argument("--resume", action="store_true",
                    help="continue <out>/last.pt (with --epochs: re-plan the schedule to that length)")
     return p
@@ -67,6 +79,10 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
     mean, std = _normalisation_for(a.weights)
     values = {f.name: getattr(a, f.name) for f in fields(TrainConfig) if hasattr(a, f.name)}
     values.update(classes=parse_classes(a.classes), tta=not a.no_tta, mean=mean, std=std)
+    if not 0.0 <= a.kd_alpha <= 1.0:
+        raise ValueError(f"--kd-alpha {a.kd_alpha}: must be between 0 and 1")
+    if a.kd_temperature <= 0:
+        raise ValueError(f"--kd-temperature {a.kd_temperature}: must be positive")
     return TrainConfig(**values)
 
 
@@ -77,17 +93,22 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from . import distributed
     from .checkpoint import CheckpointError
     from .data import DataLayoutError
     from .model import WeightsError
+    from .teacher import TeacherError
     from .trainer import Trainer
 
     try:
         epochs_given = any(a == "--epochs" or a.startswith("--epochs=") for a in (argv or sys.argv[1:]))
         Trainer(cfg, resume=args.resume, epochs=args.epochs if args.resume and epochs_given else None).fit()
-    except (DataLayoutError, WeightsError, CheckpointError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (DataLayoutError, WeightsError, CheckpointError, TeacherError, ValueError) as exc:
+        if distributed.is_main_process():  # under torchrun, every process hits the same error
+            print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        distributed.cleanup()
     return 0
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
+import hashlib
 from pathlib import Path
 
 import torch
 
-from fer_edge.output import current_umask
+from fer_edge.atomic import atomic_write
 
 
 class CheckpointError(ValueError):
@@ -16,22 +15,22 @@ class CheckpointError(ValueError):
 
 
 def save_atomic(obj: dict, path: Path) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over ``path``.
+    """``torch.save`` through :func:`fer_edge.atomic.atomic_write` (temporary file, fsync, rename).
 
     A run killed mid-write leaves the previous file intact, never a torn one.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 would surprise other users
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb") as f:
+        torch.save(obj, f)
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MB blocks (checkpoints, teacher models)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def load(path: Path) -> dict:

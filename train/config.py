@@ -39,6 +39,7 @@ class TrainConfig:
     out: str = "runs/train"
     classes: list[str] = field(default_factory=lambda: list(DEFAULT_CLASSES))
     input_size: int = 96
+    arch: str = "b0"  # b0 | lite0 (train.model.ARCH_CHOICES)
     weights: str = "lite0"  # imagenet | lite0 | none | path to checkpoint
     pool: str = "avg"
     head_hidden: int = 0
@@ -58,6 +59,12 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch CPU threads; 0 = torch's default
     limit_per_class: int = 0  # cap images per class (quick experiments, tests); 0 = all
+    # Knowledge distillation: exported ONNX teachers (logits averaged), mixed
+    # into the loss as kd_alpha * T^2 * KL(teacher/T || student/T).
+    teacher: list[str] = field(default_factory=list)
+    teacher_mode: str = "online"  # online (each augmented batch) | cached (once per image)
+    kd_alpha: float = 0.7
+    kd_temperature: float = 2.0
     mean: tuple[float, float, float] = HALF
     std: tuple[float, float, float] = HALF
 
@@ -68,7 +75,7 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names

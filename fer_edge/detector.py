@@ -1,0 +1,88 @@
+"""The seam between fer-edge and face detectors: :class:`FaceBox` and :class:`FaceDetector`.
+
+A face detector is anything with a ``detect(image) -> list[FaceBox]`` method.
+fer-edge ships one (:class:`fer_edge.blazeface.BlazeFace`, the default of
+:class:`fer_edge.Classifier`); pass your own as ``Classifier(detector=...)``.
+
+Example:
+    >>> from PIL import Image
+    >>> class WholeImage:
+    ...     def detect(self, image):
+    ...         return [FaceBox(0, 0, image.width, image.height, score=1.0)]
+    >>> isinstance(WholeImage(), FaceDetector)
+    True
+    >>> WholeImage().detect(Image.new("L", (40, 30)))[0].w
+    40
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol, runtime_checkable
+
+from PIL import Image
+
+#: Landmark names alignment looks for. "Right"/"left" are the person's own:
+#: in an upright frontal face their right eye is on the image's left.
+RIGHT_EYE = "right_eye"
+LEFT_EYE = "left_eye"
+
+
+class Landmark(NamedTuple):
+    """A named facial point in image pixels (floats: sub-pixel precision)."""
+
+    name: str
+    x: float
+    y: float
+
+
+@dataclass(frozen=True)
+class FaceBox:
+    """A face found in an image.
+
+    Attributes:
+        x: Left edge, in pixels of the image given to the detector. A face at
+            the border may get a box reaching past it (negative ``x``, or
+            ``x + w`` beyond the width): crops pad such boxes, never fail.
+        y: Top edge.
+        w: Width.
+        h: Height.
+        score: Detector confidence (BlazeFace: a probability in 0..1), or
+            ``None`` when the box was not detected (the whole image).
+        landmarks: Named points (:class:`Landmark`); empty when the detector
+            gives none. Alignment uses :data:`RIGHT_EYE` and :data:`LEFT_EYE`.
+    """
+
+    x: int
+    y: int
+    w: int
+    h: int
+    score: float | None = None
+    landmarks: tuple[Landmark, ...] = ()
+
+    def landmark(self, name: str) -> tuple[float, float] | None:
+        """The ``(x, y)`` of the landmark called ``name``, or ``None``.
+
+        Example:
+            >>> FaceBox(0, 0, 9, 9, landmarks=(Landmark("nose_tip", 4.5, 5.0),)).landmark("nose_tip")
+            (4.5, 5.0)
+        """
+        for point in self.landmarks:
+            if point.name == name:
+                return (point.x, point.y)
+        return None
+
+
+@runtime_checkable
+class FaceDetector(Protocol):
+    """What :class:`fer_edge.Classifier` needs from a face detector.
+
+    Implementations must be safe to call from several threads at once
+    (a Classifier may be shared) and must return ``[]``, not raise, for an
+    image without faces. Boxes and landmarks are in the pixels of the image
+    passed in; order does not matter (the Classifier keeps the order given).
+    """
+
+    def detect(self, image: Image.Image) -> list[FaceBox]:
+        """Find the faces in a decoded image (any Pillow mode)."""
+        ...

@@ -1,0 +1,269 @@
+"""``fer-edge video`` and ``Classifier.analyze_video``: tracking, outputs, bad input.
+
+The videos are made here with PyAV from scikit-image's astronaut photo (tiny:
+24 frames of 192x128), so nothing large is committed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from fer_edge.timeline import Timeline, TrackSummary, draw_timeline
+from fer_edge.tracking import EmaSmoother, IouTracker, iou
+
+av = pytest.importorskip("av", reason="video tests need PyAV: pip install 'fer-edge[video]'")
+
+from fer_edge import Classifier  # noqa: E402  (after the skip: nothing to test without PyAV)
+from fer_edge.cli import cli  # noqa: E402
+from fer_edge.errors import DependencyError  # noqa: E402
+from fer_edge.video import VideoError, require_av  # noqa: E402
+from fer_edge.video_cli import _live_stop  # noqa: E402
+
+W, H, N, RATE = 192, 128, 24, 12
+
+
+def _frames(n: int = N, faces: int = 2) -> list[Image.Image]:
+    """Frames where ``faces`` astronaut heads move smoothly (1 px per frame) on noise."""
+    from skimage import data  # the test photos: scikit-image's astronaut
+
+    head = Image.fromarray(data.astronaut()).crop((128, 17, 322, 211))  # the face with context
+    rng = np.random.default_rng(0)
+    bg = Image.fromarray(rng.integers(60, 200, (H // 8, W // 8, 3), dtype=np.uint8)).resize((W, H))
+    frames = []
+    for i in range(n):
+        im = bg.copy()
+        for k in range(faces):
+            side = 72 - 8 * k
+            im.paste(head.resize((side, side)), (2 + (W // 2) * k + i, 4 + 48 * k + i // 2))
+        frames.append(im)
+    return frames
+
+
+def _write(path: Path, frames: list[Image.Image], codec: str = "libx264", fmt: str | None = None) -> Path:
+    out = av.open(str(path), "w", format=fmt)
+    stream = out.add_stream(codec, rate=RATE)
+    stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+    for im in frames:
+        for packet in stream.encode(av.VideoFrame.from_image(im)):
+            out.mux(packet)
+    for packet in stream.encode():
+        out.mux(packet)
+    out.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory) -> Path:
+    return _write(tmp_path_factory.mktemp("video") / "two.mp4", _frames())
+
+
+@pytest.fixture(scope="module")
+def clf() -> Classifier:
+    return Classifier("fast", threads=1)
+
+
+def _run(*args: str):
+    return CliRunner().invoke(cli, ["video", *args, "--model", "fast", "--threads", "1"])
+
+
+# -- tracking, smoothing, summaries (no video needed) ------------------------
+
+
+def test_iou_and_tracker_keep_ids_and_retire_missing_faces():
+    assert iou((0, 0, 10, 10), (20, 20, 5, 5)) == 0.0
+    t = IouTracker(max_missed=1)
+    assert t.update([(0, 0, 10, 10), (40, 0, 10, 10)]) == [1, 2]
+    assert t.update([(41, 1, 10, 10)]) == [2]  # face 1 missed once: still alive
+    assert t.live == [1, 2]
+    assert t.update([(42, 1, 10, 10)]) == [2] and t.ended == [1]
+    assert t.update([(0, 0, 10, 10)]) == [3]  # came back too late: a new id, never reused
+
+
+def test_ema_smoother_damps_one_frame_flicker_and_forgets():
+    s = EmaSmoother(alpha=0.3)
+    s.update(7, [1.0, 0.0])
+    flick = s.update(7, [0.0, 1.0])
+    assert flick.argmax() == 0 and flick[1] == pytest.approx(0.3)
+    s.forget([7])
+    assert s.update(7, [0.0, 1.0]).tolist() == [0.0, 1.0]
+    with pytest.raises(ValueError):
+        EmaSmoother(alpha=0)
+
+
+def test_timeline_memory_is_bounded_and_keeps_the_mean():
+    tl = Timeline(["a", "b"], max_points=8)
+    for i in range(100):
+        tl.add(1, i / 10, {"a": float(i % 2), "b": 1.0 - i % 2})
+    times, probs = tl.points(1)
+    assert len(times) <= 8
+    assert probs[:, 0].mean() == pytest.approx(0.5, abs=0.1)
+    assert times[0] < times[-1]
+    img = draw_timeline(tl, width=400)
+    assert img.width == 400 and img.mode == "RGB"
+
+
+def test_summary_shares_and_dominant_label():
+    s = TrackSummary(["happy", "sad"])
+    for t, label in enumerate(["sad", "sad", "happy"]):
+        s.add(4, t * 0.5, label)
+    (row,) = s.rows()
+    assert row["dominant"] == "sad" and row["frames"] == 3
+    assert row["share"] == {"happy": pytest.approx(1 / 3), "sad": pytest.approx(2 / 3)}
+    assert (row["first_s"], row["last_s"]) == (0.0, 1.0)
+
+
+# -- the Python API ------------------------------------------------------------
+
+
+def test_faces_moving_smoothly_keep_one_track_each(clf, video):
+    seen: dict[int, list[int]] = {}  # position from the left -> track ids
+    frames = 0
+    with clf.analyze_video(video) as analysis:
+        for result in analysis:
+            frames += 1
+            assert len(result.faces) == 2, f"frame {result.frame}: {len(result.faces)} faces"
+            # Left to right, the faces are the same two people throughout.
+            for position, face in enumerate(sorted(result.faces, key=lambda f: f.box[0])):
+                seen.setdefault(position, []).append(face.track)
+    assert frames == N
+    assert [set(seen[0]), set(seen[1])] == [{1}, {2}]
+    assert analysis.stats.tracks == 2 and analysis.stats.dropped == 0
+
+
+def test_analyze_video_is_lazy_and_times_are_frame_times(clf, video):
+    analysis = clf.analyze_video(video, every=3)
+    first = next(analysis)
+    # The decoder runs ahead only by its small queue, not through the whole file.
+    assert analysis.stats.decoded < N
+    rest = list(analysis)
+    frames = [first.frame] + [r.frame for r in rest]
+    assert frames == list(range(0, N, 3))
+    assert [round(r.time_s * RATE) for r in [first, *rest]] == frames
+    assert analysis.info.width == W and analysis.info.fps == RATE
+
+
+def test_start_end_and_stop(clf, video):
+    with clf.analyze_video(video, start=0.5, end=1.0) as analysis:
+        frames = [r.frame for r in analysis]
+    assert frames == list(range(6, 12))
+    analysis = clf.analyze_video(video)
+    next(analysis)
+    analysis.stop()  # what Ctrl-C does on a camera: the iteration ends cleanly
+    assert len(list(analysis)) <= 1
+    analysis.close()
+
+
+def test_live_stop_turns_the_first_sigint_into_a_clean_stop(clf, video):
+    analysis = clf.analyze_video(video)
+    with _live_stop(analysis) as received:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert received == [signal.SIGINT]
+    assert analysis._stop.is_set()
+    analysis.close()
+
+
+def test_importing_fer_edge_does_not_import_av_and_missing_av_names_the_extra(monkeypatch):
+    code = "import sys, fer_edge, fer_edge.cli; print('av' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    monkeypatch.setitem(sys.modules, "av", None)
+    with pytest.raises(DependencyError, match=r"fer-edge\[video\]"):
+        require_av()
+
+
+# -- the command ------------------------------------------------------------------
+
+
+def test_cli_jsonl_records_summary_timeline(tmp_path, video):
+    out, summary, chart = tmp_path / "r.jsonl", tmp_path / "s.csv", tmp_path / "t.png"
+    r = _run(str(video), "--format", "jsonl", "-o", str(out), "--every", "2", "--smooth",
+             "--summary", str(summary), "--timeline", str(chart))
+    assert r.exit_code == 0, r.output
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 2 * (N // 2)
+    first = records[0]
+    assert {"path", "frame", "time_s", "track", "box", "label", "score", "probabilities"} <= set(first)
+    assert {rec["frame"] for rec in records} == set(range(0, N, 2))
+    assert {rec["track"] for rec in records} == {1, 2}
+    rows = summary.read_text().splitlines()
+    assert rows[0].startswith("track,frames,first_s,last_s,dominant,share_")
+    assert len(rows) == 3 and rows[1].startswith(f"1,{N // 2},0.0,")
+    assert Image.open(chart).format == "PNG"
+
+
+def test_cli_csv_and_table_reuse_the_writers(tmp_path, video):
+    r = _run(str(video), "--format", "csv", "--end", "0.25")
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("path,frame,time_s,track,x,y,w,h,detection_score,label,score,prob_")
+    assert len(lines) == 1 + 2 * 3
+    r = _run(str(video), "--end", "0.1")
+    assert r.exit_code == 0 and r.stdout.splitlines()[0].split()[:3] == ["frame", "time_s", "track"]
+
+
+def test_cli_annotate_same_size_rate_and_never_overwrites(tmp_path, video):
+    target = tmp_path / "out.mp4"
+    r = _run(str(video), "--every", "4", "--annotate", str(target), "-o", str(tmp_path / "r.json"),
+             "--format", "json")
+    assert r.exit_code == 0, r.output
+    with av.open(str(target)) as c:
+        s = c.streams.video[0]
+        frames = sum(1 for _ in c.decode(s))
+        assert (s.width, s.height, s.average_rate, frames) == (W, H, RATE, N)
+    assert isinstance(json.loads((tmp_path / "r.json").read_text()), list)
+    size = target.stat().st_size
+    r = _run(str(video), "--annotate", str(target))
+    assert r.exit_code == 2 and "already exists" in r.output
+    assert target.stat().st_size == size
+    assert _run(str(video), "--annotate", str(target), "--force", "--end", "0.2").exit_code == 0
+    assert target.stat().st_size != size
+
+
+def test_cli_not_a_video_missing_camera_bad_url(tmp_path):
+    fake = tmp_path / "notes.mp4"
+    fake.write_text("this is not a video\n" * 20)
+    for args in ([str(fake)], ["--camera", "63"], ["rtsp://127.0.0.1:1/none"],
+                 [str(tmp_path / "missing.mp4")]):
+        r = _run(*args, "-o", str(tmp_path / "r.csv"))
+        assert r.exit_code == 1, (args, r.output)
+        errors = [line for line in r.stderr.splitlines() if line.strip()]
+        assert len(errors) == 1 and errors[0].startswith("fer-edge: error: "), errors
+        assert not (tmp_path / "r.csv").exists()
+
+
+def test_cli_truncated_video_keeps_what_decoded(tmp_path):
+    whole = _write(tmp_path / "whole.mkv", _frames(), fmt="matroska")
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[: len(data) // 2])
+    out = tmp_path / "r.json"
+    r = _run(str(cut), "--format", "json", "-o", str(out))
+    assert r.exit_code == 1, r.output
+    (line,) = [x for x in r.stderr.splitlines() if x.strip()]
+    assert "decoding stopped at frame" in line and "cut.mkv" in line
+    stopped = int(line.split("decoding stopped at frame ")[1].split()[0])
+    records = json.loads(out.read_text())  # whole, valid JSON
+    assert 0 < stopped < N and records
+    assert max(rec["frame"] for rec in records) == stopped - 1
+
+
+def test_cli_usage_errors(tmp_path, video):
+    assert _run().exit_code == 2
+    assert _run(str(video), "--every", "2", "--fps", "3").exit_code == 2
+    assert _run(str(video), "--summary", str(tmp_path / "s.txt")).exit_code == 2
+    assert _run(str(video), "--annotate", str(tmp_path / "a.gif")).exit_code == 2
+    assert _run(str(video), "-o", str(video), "--force").exit_code == 2
+
+
+def test_video_error_is_a_fer_edge_error():
+    assert VideoError("x", frame=3).frame == 3
