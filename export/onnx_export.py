@@ -307,6 +307,9 @@ def build_info(cfg: ExportConfig, loaded: LoadedCheckpoint, val: dict[str, EvalR
     version = cfg.model_version or "+".join(_default_version(m) for m in loaded.members or [loaded])
     classes = ", ".join(loaded.classes)
     arch = MODEL_NAMES[loaded.config.arch]
+    if loaded.config.drop_blocks:
+        stages = ", ".join(map(str, loaded.config.drop_blocks))
+        arch += f" without the last block of stages {stages}"
     name = f"{len(loaded.members)} x {arch} (mean logits)" if loaded.members else arch
     return ModelInfo(
         labels=list(loaded.classes),

@@ -234,6 +234,24 @@ def select_nodes(model: onnx.ModelProto, scope: str, keep_ends_float: bool = Fal
     return chosen
 
 
+def calib_cap(n_batches: int, cap: int = _CALIB_MAX_BATCHES_IN_MEMORY) -> int:
+    """ORT's ``CalibMaxIntermediateOutputs`` for ``n_batches`` calibration batches.
+
+    ONNX Runtime's MinMax calibrator folds its buffered outputs every ``cap``
+    batches; when ``n_batches`` is a multiple of ``cap`` the buffer is empty at
+    the end and it raises "No data is collected" (seen with 200 images in
+    batches of 16: 12 batches, cap 4). So the cap is nudged to one that leaves
+    a remainder, or above ``n_batches`` (no folding) for tiny sets.
+
+    Example:
+        >>> calib_cap(18), calib_cap(12), calib_cap(3)
+        (4, 5, 4)
+    """
+    while cap <= n_batches and n_batches % cap == 0:
+        cap += 1
+    return cap
+
+
 def to_int8(model: onnx.ModelProto, calibration: np.ndarray, cfg: QuantConfig,
             input_name: str = "input") -> onnx.ModelProto:
     """Static int8 quantization of an fp32 graph, calibrated on ``calibration`` inputs.
@@ -278,7 +296,7 @@ def to_int8(model: onnx.ModelProto, calibration: np.ndarray, cfg: QuantConfig,
     # Without a cap the MinMax calibrator keeps every intermediate tensor of every
     # batch; capped, it folds them into running ranges. ORT's histogram calibrators
     # (entropy, percentile) ignore the cap: ~33 MB per calibration image at 128 px.
-    extra: dict = {"CalibMaxIntermediateOutputs": _CALIB_MAX_BATCHES_IN_MEMORY}
+    extra: dict = {"CalibMaxIntermediateOutputs": calib_cap(len(calibration) // batch)}
     if cfg.calibrate_method == "percentile":
         extra["CalibPercentile"] = cfg.percentile
     with tempfile.TemporaryDirectory(prefix="fer-edge-int8-") as tmp:

@@ -238,3 +238,26 @@ def test_ema_is_torchs_averaged_model_with_a_warm_up() -> None:
     expected = 1 - 2 / 11
     assert torch.allclose(ema.module.weight, torch.full((1, 2), expected))
     assert int(ema.n_averaged) == 2 and not any(p.requires_grad for p in ema.parameters())
+
+
+def test_shallower_lite0_starts_from_a_deeper_checkpoint(ckpt_factory, tmp_path: Path) -> None:
+    from train.model import init_weights
+
+    deep = ckpt_factory.make_checkpoint(tmp_path / "deep" / "best.pt", CLASSES, arch="lite0")
+    slim = build_model(3, arch="lite0", drop_blocks=[4, 5, 6])
+    full = build_model(3, arch="lite0")
+    assert [len(slim.features[i]) for i in (4, 5, 6)] == [len(full.features[i]) - 1 for i in (4, 5, 6)]
+    init_weights(slim, str(deep), CLASSES)
+    src = torch.load(deep, map_location="cpu", weights_only=True)["model"]
+    for k, v in slim.state_dict().items():  # every kept tensor came from the checkpoint
+        assert torch.equal(v, src[k]), k
+    with pytest.raises(ValueError, match="choose from"):
+        build_model(3, arch="lite0", drop_blocks=[1])
+
+
+def test_int8_calibration_works_for_any_number_of_batches() -> None:
+    from export.variants import calib_cap
+
+    for n in range(1, 60):
+        cap = calib_cap(n)
+        assert cap > n or n % cap != 0, n

@@ -18,6 +18,13 @@ from .config import HALF, IMAGENET_MEAN, IMAGENET_STD, TrainConfig, parse_classe
 from .model import ARCH_CHOICES, POOL_CHOICES, WEIGHT_CHOICES
 
 
+def _stages(text: str) -> list[int]:
+    try:
+        return sorted({int(t) for t in text.split(",") if t.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected stage numbers like 4,5,6") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     p = argparse.ArgumentParser(prog="python -m train", description=__doc__,
@@ -49,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device)
     p.add_argument("--threads", type=int, default=d.threads)
     p.add_argument("--limit-per-class", type=int, default=d.limit_per_class)
+    p.add_argument("--drop-blocks", type=_stages, default=[], metavar="S,S,...",
+                   help="remove the last block of these stages (1-7) for a shallower, faster network")
     p.add_argument("--teacher", action="append", default=[], metavar="MODEL.onnx",
                    help="distil from an exported model (repeat to average several teachers)")
     p.add_argument("--teacher-mode", choices=("online", "cached"), default=d.teacher_mode,

@@ -40,6 +40,7 @@ class TrainConfig:
     classes: list[str] = field(default_factory=lambda: list(DEFAULT_CLASSES))
     input_size: int = 96
     arch: str = "b0"  # b0 | lite0 (train.model.ARCH_CHOICES)
+    drop_blocks: list[int] = field(default_factory=list)  # stages whose last block is removed
     weights: str = "lite0"  # imagenet | lite0 | none | path to checkpoint
     pool: str = "avg"
     head_hidden: int = 0

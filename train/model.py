@@ -24,6 +24,7 @@ Initial weights (``--weights``):
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -65,6 +66,7 @@ def build_model(
     head_hidden: int = 0,
     dropout: float = 0.2,
     arch: str = "b0",
+    drop_blocks: Sequence[int] = (),
 ) -> nn.Module:
     """EfficientNet-B0 or -Lite0 with a fresh head for ``num_classes`` logits.
 
@@ -74,6 +76,10 @@ def build_model(
         head_hidden: Hidden units of an extra head layer; 0 for a linear head.
         dropout: Dropout before the final linear layer.
         arch: ``"b0"`` or ``"lite0"`` (see the module docstring).
+        drop_blocks: Stages (1-7, torchvision's ``features`` index) whose last
+            block is removed: a shallower network for lower per-image latency.
+            Only stages of two or more blocks qualify, whose last block is a
+            residual (input and output shapes equal), so the rest fits as before.
 
     Returns:
         The model; its output is logits (no softmax).
@@ -90,6 +96,12 @@ def build_model(
     model = efficientnet_b0(weights=None)
     if arch == "lite0":
         _make_lite(model)
+    for stage in sorted(set(drop_blocks)):
+        blocks = model.features[stage] if 1 <= stage <= 7 else None
+        if blocks is None or len(blocks) < 2:
+            valid = [i for i in range(1, 8) if len(model.features[i]) >= 2]
+            raise ValueError(f"drop_blocks: stage {stage} has no residual block to remove; choose from {valid}")
+        model.features[stage] = nn.Sequential(*list(blocks)[:-1])
     model.avgpool = nn.AdaptiveAvgPool2d(1) if pool == "avg" else nn.AdaptiveMaxPool2d(1)
     in_features = model.classifier[1].in_features
     if head_hidden > 0:
@@ -108,7 +120,8 @@ def build_model(
 
 def model_for(cfg) -> nn.Module:  # cfg: train.config.TrainConfig (no import cycle)
     """The network a training config describes (used by train, export and tests)."""
-    return build_model(len(cfg.classes), cfg.pool, cfg.head_hidden, cfg.dropout, arch=cfg.arch)
+    return build_model(len(cfg.classes), cfg.pool, cfg.head_hidden, cfg.dropout, arch=cfg.arch,
+                       drop_blocks=cfg.drop_blocks)
 
 
 def _backbone_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -200,6 +213,14 @@ def load_checkpoint_backbone(model: nn.Module, path: Path, classes: list[str]) -
     same_classes = ckpt.get("config", {}).get("classes") == classes
     if not same_classes:
         sd = {k: v for k, v in sd.items() if not k.startswith("classifier.")}
+    # A shallower student (drop_blocks) starts from a deeper checkpoint: the removed
+    # blocks' weights are the only ones allowed to be left over.
+    def block(key: str) -> str:  # "features.6.3.block.0.weight" -> "features.6.3"
+        return ".".join(key.split(".")[:3])
+
+    own_blocks = {block(k) for k in model.state_dict() if k.startswith("features.")}
+    removed = {block(k) for k in sd if k.startswith("features.")} - own_blocks
+    sd = {k: v for k, v in sd.items() if block(k) not in removed}
     missing, unexpected = model.load_state_dict(sd, strict=False)
     bad = [k for k in missing if not k.startswith("classifier.")] + list(unexpected)
     if bad:
