@@ -501,7 +501,7 @@ def export_checkpoint(cfg: ExportConfig) -> ExportReport:
         "parity": [p.to_dict() for p in parity],
         "val_by_precision": {k: v.to_dict() for k, v in val_results.items()},
         "speed_b32_ms_per_image": speed or None,
-        "speed": measure_speed(final.SerializeToString(), inputs, cfg.threads),
+        "speed": measure_speed(variant_bytes if variant_bytes is not None else fp32_bytes, inputs, cfg.threads),
     }
     if cfg.precision == "int8":
         extra["quantization"] = {**cfg.quant.to_dict(), "calibration_images": cfg.calib_images}

@@ -35,7 +35,7 @@ import click
 
 from ._version import __version__
 from .classifier import FACE_MODES, Classifier
-from .errors import DependencyError, FerEdgeError, ProviderError
+from .errors import DependencyError, FerEdgeError, ModelError, ProviderError
 from .files import PathArg, display_path, find_images, is_image_name, printable
 from .metadata import describe_color_mode, describe_training_data
 from .output import (
@@ -50,7 +50,7 @@ from .output import (
 )
 from .providers import available_providers, ort_version, resolve_providers
 from .results import ImageResult
-from .zoo import is_model_name, model_cards, shipped_models
+from .zoo import model_cards, resolve_model, shipped_models
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -143,16 +143,13 @@ def _model_param(ctx: click.Context, param: click.Parameter, value: str | None) 
     """``--model``: a shipped model's name first, else an existing file (usage error otherwise)."""
     if value is None:
         return None
-    shipped = shipped_models()
-    if value in shipped:
-        return shipped[value]
-    path = Path(value)
+    try:
+        path = resolve_model(value)  # the library's name-before-path rule, and its message
+    except ModelError as exc:
+        raise click.BadParameter(printable(str(exc))) from None
     if path.is_file():
         return path
-    names = ", ".join(shipped) or "none installed"
-    if is_model_name(value):
-        raise click.BadParameter(f"{value!r} is not a shipped model; shipped: {names} "
-                                 "(or give the path of an .onnx file)")
+    names = ", ".join(shipped_models()) or "none installed"
     what = "is a directory, not a model file" if path.is_dir() else "no such model file"
     raise click.BadParameter(f"{printable(value)}: {what} (shipped models: {names})")
 

@@ -19,6 +19,8 @@ import re
 from pathlib import Path
 
 from .errors import ModelError
+from .metadata import ModelInfo
+from .providers import open_session
 
 #: Folder of the shipped models.
 MODELS_DIR = Path(__file__).resolve().parent / "models"
@@ -43,8 +45,8 @@ def resolve_model(model: str | os.PathLike | None) -> Path:
     """A shipped model name or a path -> the model file. Names win over files.
 
     Raises:
-        ModelError: An unknown name (the shipped names are listed) or a
-            missing default model.
+        ModelError: An unknown name that is not a file either (the shipped
+            names are listed).
     """
     if model is None:
         model = DEFAULT_NAME
@@ -60,18 +62,8 @@ def resolve_model(model: str | os.PathLike | None) -> Path:
     return Path(model)
 
 
-def _read_info(path: Path):  # -> ModelInfo; imported lazily (onnxruntime is slow to import)
-    import onnxruntime as ort
-
-    from .metadata import ModelInfo
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    try:
-        session = ort.InferenceSession(os.fspath(path), sess_options=opts,
-                                       providers=["CPUExecutionProvider"])
-    except Exception as exc:  # ORT raises its own types; any of them means "unreadable"
-        raise ModelError(f"{path}: not a loadable ONNX model ({exc})") from None
+def _read_info(path: Path) -> ModelInfo:
+    session = open_session(path, ["CPUExecutionProvider"], threads=1)
     return ModelInfo.from_props(session.get_modelmeta().custom_metadata_map, str(path))
 
 
@@ -87,7 +79,8 @@ def model_card(name: str, path: Path) -> dict:
         (['happy', 'sad'], None)
     """
     info = _read_info(path)
-    speed = info.extra.get("speed") if isinstance(info.extra.get("speed"), dict) else {}
+    stored = info.extra.get("speed")
+    speed: dict = stored if isinstance(stored, dict) else {}
     return {
         "name": name,
         "file": path.name,

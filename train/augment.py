@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from fer_edge.preprocess import PreprocessSpec
+
 
 @dataclass(frozen=True)
 class AugmentConfig:
@@ -76,3 +78,10 @@ def _erase(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Ten
     mask = (in_r[:, :, None] & in_c[:, None, :] & chosen[:, None, None])[:, None]
     noise = torch.rand(x.shape, generator=g)
     return torch.where(mask, noise, x)
+
+
+def to_input(x01: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
+    """(B, 1, S, S) in [0, 1] -> normalised (B, 3, S, S); same math as fer_edge.normalize."""
+    mean = torch.tensor(spec.mean, dtype=x01.dtype, device=x01.device).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, dtype=x01.dtype, device=x01.device).view(1, 3, 1, 1)
+    return (x01 - mean) / std

@@ -30,6 +30,7 @@ from fer_edge import Classifier
 from fer_edge.errors import ModelError, ProviderError
 from fer_edge.preprocess import normalize, preprocess_gray
 
+from .augment import to_input
 from .checkpoint import file_sha256
 
 TEACHER_MODES = ("online", "cached")
@@ -84,9 +85,7 @@ class Teacher:
             if x.shape[-1] != size:
                 x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
                                   antialias=size < x.shape[-1])
-            mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
-            std = torch.tensor(spec.std).view(1, 3, 1, 1)
-            inputs = ((x - mean) / std).numpy().astype(np.float32)
+            inputs = to_input(x, spec).numpy().astype(np.float32)
             out.append(torch.from_numpy(clf.logits(inputs)[:, order]))
         return torch.stack(out).mean(0)
 

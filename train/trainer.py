@@ -19,7 +19,7 @@ from torch.optim.swa_utils import AveragedModel
 from fer_edge.preprocess import PreprocessSpec, normalize
 
 from . import checkpoint, distributed
-from .augment import AugmentConfig, augment
+from .augment import AugmentConfig, augment, to_input
 from .config import TrainConfig
 from .data import class_weights, load_split
 from .metrics import summarize
@@ -50,13 +50,6 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
-
-
-def to_input(x01: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
-    """(B, 1, S, S) in [0, 1] -> normalised (B, 3, S, S); same math as fer_edge.normalize."""
-    mean = torch.tensor(spec.mean, dtype=x01.dtype, device=x01.device).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std, dtype=x01.dtype, device=x01.device).view(1, 3, 1, 1)
-    return (x01 - mean) / std
 
 
 @torch.no_grad()
