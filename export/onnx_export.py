@@ -11,6 +11,8 @@ Pipeline of :func:`export_checkpoint`:
 4. check parity: ONNX Runtime vs PyTorch, simplified vs unsimplified graph,
    batch 1 vs batched; on val images when ``data`` is given, else on random ones;
 5. optionally make the fp16 or int8 variant and score it against fp32 on val;
+   with val images, fit the written graph's softmax temperature on its val
+   logits (:mod:`export.calibrate`) and record ECE before and after;
 6. write :class:`fer_edge.metadata.ModelInfo` into the graph, re-check the
    serialized bytes load in ONNX Runtime with readable metadata, and only then
    write the file atomically.
@@ -37,6 +39,7 @@ from fer_edge.atomic import atomic_write, create_new, replace
 from fer_edge.metadata import ModelInfo
 from fer_edge.preprocess import PreprocessSpec
 
+from .calibrate import Calibration, calibrate, calibration_facts
 from .checkpoints import MODEL_NAMES, FlipTTA, LoadedCheckpoint, load_for_export, torch_logits
 from .evaluate import (
     EvalResult,
@@ -149,6 +152,7 @@ class ExportReport:
         fp32_size_bytes: Size of the fp32 graph (for comparison with variants).
         parity: Every parity check, fp32 ones enforced, variant ones reported.
         val: Val metrics per precision (``fp32`` and the variant), when data was given.
+        calibration: The written graph's fitted temperature and ECE figures, when data was given.
         speed_b32: For a variant, median ms/image at batch 32 of ``fp32`` and of the
             variant, timed once during export (a hint; ``python -m benchmarks`` measures).
         warnings: Things the user must see (accuracy loss, no speed-up, missing measurements).
@@ -165,6 +169,7 @@ class ExportReport:
     val: dict[str, EvalResult]
     speed_b32: dict[str, float]
     warnings: list[str]
+    calibration: Calibration | None = None
 
     def summary(self) -> str:
         """Human-readable multi-line summary."""
@@ -190,6 +195,8 @@ class ExportReport:
         else:
             src = info.extra.get("val_source", "")
             lines.append(f"  val accuracy {info.val_accuracy} macro-F1 {info.val_macro_f1} ({src})")
+        if self.calibration is not None:
+            lines.append(f"  calibration {self.calibration.describe()}")
         if self.speed_b32:
             lines.append("  batch-32 ms/image (rough, timed during export): "
                          + ", ".join(f"{k} {v:.3f}" for k, v in self.speed_b32.items()))
@@ -292,7 +299,7 @@ def make_variant(simplified: onnx.ModelProto, cfg: ExportConfig, spec: Preproces
 
 
 def build_info(cfg: ExportConfig, loaded: LoadedCheckpoint, val: dict[str, EvalResult],
-               extra: dict) -> ModelInfo:
+               extra: dict, temperature: float = 1.0) -> ModelInfo:
     """The metadata stored in the file; val figures come from the ONNX graph when measured."""
     ckpt_val = loaded.val or {}
     measured = val.get(cfg.precision)
@@ -320,6 +327,7 @@ def build_info(cfg: ExportConfig, loaded: LoadedCheckpoint, val: dict[str, EvalR
         input_name=INPUT_NAME,
         output=OUTPUT_NAME,
         tta=cfg.tta,
+        temperature=temperature,
         training_data=training_data(loaded.config.data, classes),
         val_accuracy=float(acc) if acc is not None else None,
         val_macro_f1=float(f1) if f1 is not None else None,
@@ -405,17 +413,21 @@ def _val_facts(val: dict | None) -> dict | None:
 
 
 def _variant_val(cfg: ExportConfig, fp32: bytes, variant: bytes | None, val: LabelledImages | None,
-                 report_warnings: list[str]) -> dict[str, EvalResult]:
-    """Val metrics of fp32 and the variant; warns when the variant loses > 1 point."""
+                 report_warnings: list[str]) -> tuple[dict[str, EvalResult], np.ndarray | None]:
+    """Val metrics of fp32 and the variant, and the written graph's val logits.
+
+    Warns when the variant loses > 1 point.
+    """
     if val is None:
         if variant is not None:
             report_warnings.append(f"{cfg.precision} accuracy loss NOT measured (no --data); "
                                    "measure it before shipping this file")
-        return {}
-    results = {"fp32": score(run_session(make_session(fp32, cfg.threads), val.inputs), val.labels, val.classes)}
+        return {}, None
+    logits = {"fp32": run_session(make_session(fp32, cfg.threads), val.inputs)}
     if variant is not None:
-        results[cfg.precision] = score(run_session(make_session(variant, cfg.threads), val.inputs),
-                                       val.labels, val.classes)
+        logits[cfg.precision] = run_session(make_session(variant, cfg.threads), val.inputs)
+    results = {k: score(v, val.labels, val.classes) for k, v in logits.items()}
+    if variant is not None:
         drop = results["fp32"].accuracy - results[cfg.precision].accuracy
         if drop > MAX_ACCURACY_DROP:
             report_warnings.append(
@@ -423,7 +435,19 @@ def _variant_val(cfg: ExportConfig, fp32: bytes, variant: bytes | None, val: Lab
                 f"({results[cfg.precision].accuracy:.4f} vs {results['fp32'].accuracy:.4f}), "
                 f"more than the {MAX_ACCURACY_DROP * 100:.0f}-point budget"
             )
-    return results
+    return results, logits[cfg.precision]
+
+
+def _calibration(cfg: ExportConfig, logits: np.ndarray | None, val: LabelledImages | None,
+                 report_warnings: list[str]) -> Calibration | None:
+    """The written graph's temperature, fitted on its own val logits (:mod:`export.calibrate`)."""
+    if logits is None or val is None:
+        report_warnings.append("probabilities NOT calibrated (no --data): temperature 1; "
+                               "run python -m export.calibrate MODEL --data DIR --write before shipping")
+        return None
+    cal = calibrate(logits, val.labels)
+    log.info("calibration: %s", cal.describe())
+    return cal
 
 
 def _variant_speed(cfg: ExportConfig, fp32: bytes, variant: bytes | None, inputs: np.ndarray,
@@ -488,7 +512,8 @@ def export_checkpoint(cfg: ExportConfig) -> ExportReport:
         parity.append(check)
 
     report_warnings: list[str] = []
-    val_results = _variant_val(cfg, fp32_bytes, variant_bytes, val, report_warnings)
+    val_results, final_logits = _variant_val(cfg, fp32_bytes, variant_bytes, val, report_warnings)
+    calibration = _calibration(cfg, final_logits, val, report_warnings)
     speed = _variant_speed(cfg, fp32_bytes, variant_bytes, inputs, report_warnings)
     extra = {
         "opset": cfg.opset,
@@ -502,10 +527,12 @@ def export_checkpoint(cfg: ExportConfig) -> ExportReport:
         "val_by_precision": {k: v.to_dict() for k, v in val_results.items()},
         "speed_b32_ms_per_image": speed or None,
         "speed": measure_speed(variant_bytes if variant_bytes is not None else fp32_bytes, inputs, cfg.threads),
+        "calibration": None if calibration is None or cfg.data is None else calibration_facts(calibration, cfg.data),
     }
     if cfg.precision == "int8":
         extra["quantization"] = {**cfg.quant.to_dict(), "calibration_images": cfg.calib_images}
-    info = build_info(cfg, loaded, val_results, extra)
+    info = build_info(cfg, loaded, val_results, extra,
+                      calibration.temperature if calibration is not None else 1.0)
     data = with_metadata(final, info)
     write_atomic(data, out, cfg.force)
     log.info("wrote %s", out)
@@ -513,5 +540,5 @@ def export_checkpoint(cfg: ExportConfig) -> ExportReport:
         out=out, info=info, nodes_exported=len(raw.graph.node), nodes_simplified=len(simplified.graph.node),
         nodes_written=len(final.graph.node), size_bytes=out.stat().st_size,
         fp32_size_bytes=len(fp32_bytes), parity=parity, val=val_results, speed_b32=speed,
-        warnings=report_warnings,
+        warnings=report_warnings, calibration=calibration,
     )

@@ -25,6 +25,8 @@ from .preprocess import to_gray
 
 #: Box colours, all light enough for black label text. A label always gets the
 #: same colour (chosen by a checksum of its name), across images and runs.
+#: Boxes get a thin :data:`EDGE_COLOUR` rim on both sides, so they stand out
+#: on light backgrounds as well as dark ones.
 PALETTE = (
     (255, 215, 0),
     (0, 230, 118),
@@ -36,6 +38,7 @@ PALETTE = (
     (255, 160, 122),
 )
 TEXT_COLOUR = (0, 0, 0)
+EDGE_COLOUR = (0, 0, 0)
 NO_FACE_TEXT = "no face found"
 
 # Modes whose values are not 0..255 go through to_gray, which rescales them;
@@ -106,7 +109,9 @@ def annotate(image: Image.Image, faces: Sequence[Any]) -> Image.Image:
         image: The image the boxes refer to (any Pillow mode); not modified.
         faces: Items with ``.box`` ((x, y, w, h) or a FaceBox), ``.label``
             (str) and ``.score`` (float in [0, 1]), e.g. classification
-            results.
+            results. An optional ``.colour_label`` picks the colour instead
+            of ``.label`` (the video's tags read ``#3 happy``, coloured as
+            ``happy``).
 
     Returns:
         A new RGB image of the same size.
@@ -128,7 +133,11 @@ def annotate(image: Image.Image, faces: Sequence[Any]) -> Image.Image:
         _draw_tag(draw, NO_FACE_TEXT, (0, 0), 0, PALETTE[0], font, canvas.width)
     for face in faces:
         x, y, w, h = _xywh(face.box)
-        colour = _colour(face.label)
+        colour = _colour(getattr(face, "colour_label", None) or face.label)
+        # A dark rim first (one edge wider on each side), then the colour on top.
+        edge = max(1, line // 2)
+        draw.rectangle((x - edge, y - edge, x + w - 1 + edge, y + h - 1 + edge),
+                       outline=EDGE_COLOUR, width=line + 2 * edge)
         draw.rectangle((x, y, x + w - 1, y + h - 1), outline=colour, width=line)
         tag = f"{face.label} {face.score:.0%}"
         _draw_tag(draw, tag, (x, y), y + line, colour, font, canvas.width)

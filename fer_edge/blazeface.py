@@ -13,9 +13,11 @@ to the output reshapes, so fer-edge runs it on inputs of other sizes too:
   close-up faces, up to the whole frame);
 * a *fine* pass sees it at up to :data:`FINE_SIDE` px on its longer side
   (smaller faces: about 20/FINE_SIDE of the longer side and up), or at the
-  scale ``min_face`` asks for.
+  scale ``min_face`` asks for;
+* when ``min_face`` puts the fine pass more than :data:`MAX_PASS_RATIO` times
+  the coarse one's scale, passes in between, so no face size is missed.
 
-Detections of both passes are merged by MediaPipe's weighted non-maximum
+Detections of all passes are merged by MediaPipe's weighted non-maximum
 suppression, so a face seen by both gives one box.
 
 Example:
@@ -29,6 +31,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +94,24 @@ FINE_MIN_IMAGE_SIDE = 192
 #: a user asked for in a photo the Classifier decodes at ~2048 px anyway).
 MAX_UPSCALE = 2.0
 MAX_FINE_SIDE = 2048
+#: Largest scale step between consecutive passes. The model finds faces of
+#: about 20 to 100 px in its input (5x), so passes at most 4x apart leave no
+#: face size unseen. The default's passes are 3x apart (COARSE_SIDE to
+#: FINE_SIDE) and get nothing in between; a small ``min_face`` gets
+#: intermediate passes, without which faces of ~150-300 px in a 1920x1080
+#: photo were missed (the coarse and a 1600 px fine pass are 12.5x apart).
+MAX_PASS_RATIO = 4.0
+#: Pillow's ``reducing_gap`` for the first (largest) pass's resize: an image
+#: shrinking by ``2 * REDUCING_GAP`` or more is first ``reduce()``d by the
+#: whole factor ``int(ratio / REDUCING_GAP)`` (box means), and only what is
+#: left goes through the bilinear filter, still shrinking at least this much
+#: (so still low-pass filtered). 1.5, not Pillow's suggested 2 or 3, because
+#: the common case, a 1280 px photo to the 384 px fine pass (3.3x), gets a 2x
+#: reduce only below 1.67. That cut its resize's CPU time by ~40% (3.96 to
+#: 2.42 ms); the same faces were found on all test scenes, boxes moved by at
+#: most 1 px (2 px in a 4000 px photo). web/fer.js (resizePillowReducing)
+#: does the same, exactly.
+REDUCING_GAP = 1.5
 
 # Image modes numpy cannot turn into RGB directly: 16-bit and float images go
 # through the preprocessing's own luma conversion (which rescales rather than
@@ -204,8 +225,10 @@ class BlazeFace:
             the fine pass runs at :data:`FINE_SIDE` (fast; faces from ~5%
             of the image's longer side). A value scales the fine pass so a
             face of that size is :data:`MIN_FACE_INPUT_PX` in the input: a 24 px
-            face in a 1920x1080 photo needs ``min_face=24`` and a 1600 px pass,
-            roughly 20x the default's cost.
+            face in a 1920x1080 photo needs ``min_face=24`` and a 1600 px pass
+            (plus one at 480 px, see :data:`MAX_PASS_RATIO`): ~14x the
+            default's input pixels, and time. A value above the default's
+            ~5% gives a smaller fine pass, or none: faster.
 
     Raises:
         ModelError: The model file is missing, not ONNX, or not BlazeFace-shaped
@@ -230,6 +253,9 @@ class BlazeFace:
         self.model_path = Path(model) if model is not None else DEFAULT_MODEL
         self.min_score = float(min_score)
         self.min_face = None if min_face is None else float(min_face)
+        # The logit of min_score, a little lower so that float32 rounding never
+        # drops a candidate the exact float64 score test would keep.
+        self._min_logit = math.log(self.min_score / (1.0 - self.min_score)) - 1e-3
         self._threads = threads
         self._requested = resolve_providers(providers)
         self._open()
@@ -275,23 +301,25 @@ class BlazeFace:
     # -- passes ------------------------------------------------------------
 
     def _passes(self, width: int, height: int) -> list[_Pass]:
+        """The model inputs one image of ``width`` x ``height`` is searched in, coarsest first."""
         long_side = max(width, height)
-        passes = []
-        scale = COARSE_SIDE / long_side
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        passes.append(_Pass(scale, COARSE_PAD, size, _round_up(size[0] + 2 * COARSE_PAD, INPUT_MULTIPLE),
-                            _round_up(size[1] + 2 * COARSE_PAD, INPUT_MULTIPLE)))
-        if self.min_face is not None:
-            fine = min(MIN_FACE_INPUT_PX / self.min_face, MAX_UPSCALE, MAX_FINE_SIDE / long_side)
-        elif long_side > FINE_MIN_IMAGE_SIDE:
-            fine = min(FINE_SIDE / long_side, 1.0)
-        else:
-            fine = 0.0
-        if fine > scale * 1.5:  # otherwise the coarse pass covers it
-            size = (max(1, round(width * fine)), max(1, round(height * fine)))
-            passes.append(_Pass(fine, 0, size, _round_up(size[0], INPUT_MULTIPLE),
-                                _round_up(size[1], INPUT_MULTIPLE)))
+        coarse = COARSE_SIDE / long_side
+        passes = [_scaled_pass(width, height, coarse, COARSE_PAD)]
+        fine = self._fine_scale(long_side)
+        if fine > coarse * 1.5:  # otherwise the coarse pass covers it
+            steps = math.ceil(math.log(fine / coarse) / math.log(MAX_PASS_RATIO) - 1e-9)
+            # Geometric steps up to the fine scale: the cheapest ladder with no gap.
+            passes += [_scaled_pass(width, height, coarse * (fine / coarse) ** (k / steps), 0)
+                       for k in range(1, steps + 1)]
         return passes
+
+    def _fine_scale(self, long_side: int) -> float:
+        """Scale of the finest pass; 0 when the coarse pass is enough."""
+        if self.min_face is not None:
+            return min(MIN_FACE_INPUT_PX / self.min_face, MAX_UPSCALE, MAX_FINE_SIDE / long_side)
+        if long_side > FINE_MIN_IMAGE_SIDE:
+            return min(FINE_SIDE / long_side, 1.0)
+        return 0.0
 
     def _anchors(self, grid_h: int, grid_w: int) -> np.ndarray:
         key = (grid_h, grid_w)
@@ -303,35 +331,38 @@ class BlazeFace:
                 anchors = self._anchor_cache[key] = _anchors(grid_h, grid_w)
         return anchors
 
-    def _run(self, scaled: Image.Image, p: _Pass) -> tuple[np.ndarray, np.ndarray]:
-        """One pass on the image scaled to ``p.size``: candidates (image pixels) above min_score."""
-        # Padding is black (-1), as MediaPipe's letterboxing pads with zeros.
-        x = np.full((1, p.input_h, p.input_w, 3), -1.0, dtype=np.float32)
-        inside = x[0, p.pad:p.pad + p.size[1], p.pad:p.pad + p.size[0]]
-        np.multiply(np.asarray(scaled), np.float32(1 / 127.5), out=inside, casting="unsafe")
-        inside -= 1.0
+    def _infer(self, x: np.ndarray, p: _Pass) -> tuple[np.ndarray, np.ndarray]:
+        """The model's raw outputs for one input: regressors (A, 16) and logits (A,)."""
         try:
             raw, logits = self._session.run(["regressors", "scores"], {self._input: x})
         except ORT_MODEL_ERRORS as exc:
             raise ModelError(f"face detector model {display_path(self.model_path)}: inference "
                              f"failed on a {p.input_w}x{p.input_h} input ({first_line(exc)})") from None
-        logits = np.clip(np.asarray(logits, dtype=np.float64)[0, :, 0], -RAW_SCORE_CLIP, RAW_SCORE_CLIP)
-        scores = 1.0 / (1.0 + np.exp(-logits))
-        keep = np.flatnonzero(scores >= self.min_score)
-        if keep.size == 0:
+        return raw[0], logits[0, :, 0]
+
+    def _decode(self, raw: np.ndarray, logits: np.ndarray, p: _Pass) -> tuple[np.ndarray, np.ndarray]:
+        """Candidates above min_score, in image pixels: (N, 16) detections and (N,) scores."""
+        # Thresholding the float32 logits first (sigmoid is monotonic) leaves
+        # the exp() and the float64 decoding to the few candidates, not all
+        # anchors; the exact score test below keeps the float64 results as before.
+        near = np.flatnonzero(logits >= self._min_logit)
+        if near.size == 0:
             return np.zeros((0, 4 + 2 * len(LANDMARK_NAMES))), np.zeros(0)
+        clipped = np.clip(logits[near].astype(np.float64), -RAW_SCORE_CLIP, RAW_SCORE_CLIP)
+        scores = 1.0 / (1.0 + np.exp(-clipped))
+        keep = near[scores >= self.min_score]
+        scores = scores[scores >= self.min_score]
         anchors = self._anchors(p.input_h // STRIDE, p.input_w // STRIDE)
-        if len(anchors) != raw.shape[1]:
-            raise ModelError(f"face detector model {display_path(self.model_path)}: {raw.shape[1]} "
+        if len(anchors) != len(logits) or raw.shape[0] != len(logits):
+            raise ModelError(f"face detector model {display_path(self.model_path)}: {len(logits)} "
                              f"outputs for a {p.input_w}x{p.input_h} input, expected {len(anchors)}")
-        reg = np.asarray(raw, dtype=np.float64)[0, keep]
+        reg = raw[keep].astype(np.float64)
         centre = anchors[keep] + reg[:, 0:2]
         half = reg[:, 2:4] / 2
         points = anchors[keep][:, None, :] + reg[:, 4:4 + 2 * len(LANDMARK_NAMES)].reshape(len(keep), -1, 2)
         dets = np.concatenate([centre - half, centre + half, points.reshape(len(keep), -1)], axis=1)
         # Input pixels -> image pixels (undo the padding, then the scaling).
-        dets = (dets - p.pad) / p.scale
-        return dets, scores[keep]
+        return (dets - p.pad) / p.scale, scores
 
     def detect(self, image: Image.Image) -> list[FaceBox]:
         """Find faces, with six landmarks each.
@@ -347,31 +378,124 @@ class BlazeFace:
         Raises:
             ModelError: Inference failed.
         """
+        return self._detect(image, _Laps(enabled=False))
+
+    def detect_timed(self, image: Image.Image) -> tuple[list[FaceBox], dict[str, float]]:
+        """:meth:`detect`, with the milliseconds each stage took (for benchmarks/detector.py).
+
+        Stages: ``rgb`` (mode conversion), ``resize``, ``tensor`` (float input
+        and padding), ``model`` (``session.run``), ``decode`` (threshold and
+        box decoding), ``nms`` (merging) and ``boxes`` (FaceBox objects);
+        each summed over the passes.
+
+        Example:
+            >>> faces, ms = BlazeFace(providers="cpu").detect_timed(Image.new("RGB", (320, 240)))
+            >>> faces, sorted(ms) == sorted(STAGES)
+            ([], True)
+        """
+        laps = _Laps(enabled=True)
+        faces = self._detect(image, laps)
+        return faces, laps.ms
+
+    def _detect(self, image: Image.Image, laps: _Laps) -> list[FaceBox]:
         if image.width < 1 or image.height < 1:
             return []
         scaled = _to_rgb(image)
+        laps.lap("rgb")
         found = []
         # Largest pass first, each resized from the previous one: shrinking a
-        # 1280 px photo straight to 128 px costs more than the coarse pass itself.
-        for p in sorted(self._passes(image.width, image.height), key=lambda q: -q.scale):
+        # 1280 px photo straight to 128 px costs more than the coarse pass
+        # itself. (web/blazeface.js resizes in the same order, pixel for pixel.)
+        for i, p in enumerate(sorted(self._passes(image.width, image.height), key=lambda q: -q.scale)):
             if scaled.size != p.size:
-                scaled = scaled.resize(p.size, Image.Resampling.BILINEAR)
-            found.append(self._run(scaled, p))
+                scaled = _resize_for_pass(scaled, p.size, first=i == 0)
+            laps.lap("resize")
+            x = _input_tensor(scaled, p)
+            laps.lap("tensor")
+            raw, logits = self._infer(x, p)
+            laps.lap("model")
+            found.append(self._decode(raw, logits, p))
+            laps.lap("decode")
         dets = np.concatenate([d for d, _ in found])
         scores = np.concatenate([s for _, s in found])
         if not len(scores):
             return []
         dets, scores = weighted_nms(dets, scores)
-        faces = []
-        for row, score in zip(dets, scores):
-            x0, y0, x1, y1 = row[:4]
-            w, h = round(x1 - x0), round(y1 - y0)
-            if w < 1 or h < 1:
-                continue
-            points = row[4:].reshape(-1, 2)
-            faces.append(FaceBox(
-                x=round(x0), y=round(y0), w=w, h=h, score=float(score),
-                landmarks=tuple(Landmark(n, float(px), float(py))
-                                for n, (px, py) in zip(LANDMARK_NAMES, points)),
-            ))
-        return sorted(faces, key=lambda f: (-f.w * f.h, f.y, f.x))
+        laps.lap("nms")
+        faces = _face_boxes(dets, scores)
+        laps.lap("boxes")
+        return faces
+
+
+#: The stages :meth:`BlazeFace.detect_timed` reports, in pipeline order.
+STAGES = ("rgb", "resize", "tensor", "model", "decode", "nms", "boxes")
+
+
+class _Laps:
+    """Per-stage wall time of one detect call; a no-op unless enabled."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.ms: dict[str, float] = dict.fromkeys(STAGES, 0.0) if enabled else {}
+        self._last = time.perf_counter() if enabled else 0.0
+
+    def lap(self, stage: str) -> None:
+        """Add the time since the previous lap to ``stage``."""
+        if self.enabled:
+            now = time.perf_counter()
+            self.ms[stage] += (now - self._last) * 1000
+            self._last = now
+
+
+def _scaled_pass(width: int, height: int, scale: float, pad: int) -> _Pass:
+    """The image scaled by ``scale``, padded by ``pad`` and rounded up to the input multiple."""
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return _Pass(scale, pad, size, _round_up(size[0] + 2 * pad, INPUT_MULTIPLE),
+                 _round_up(size[1] + 2 * pad, INPUT_MULTIPLE))
+
+
+def _resize_for_pass(image: Image.Image, size: tuple[int, int], first: bool) -> Image.Image:
+    """``image`` resized to a pass's ``size`` (BILINEAR), as web/blazeface.js does it.
+
+    Only the first (largest) pass, resized from the full image, uses
+    :data:`REDUCING_GAP`: that is where the time goes (~5 ms for a 1280x854
+    photo), while later passes start from the previous, already small, one.
+    """
+    gap = REDUCING_GAP if first else None
+    return image.resize(size, Image.Resampling.BILINEAR, reducing_gap=gap)
+
+
+def _input_tensor(scaled: Image.Image, p: _Pass) -> np.ndarray:
+    """The (1, H, W, 3) float32 model input: pixels in [-1, 1], padding black (-1).
+
+    Padding is black as MediaPipe's letterboxing pads with zeros. Only the
+    padding strips are filled (the fine pass usually has none), and the
+    pixels are scaled straight into the input: no intermediate float copy.
+    """
+    w, h = p.size
+    x = np.empty((1, p.input_h, p.input_w, 3), dtype=np.float32)
+    x[0, :p.pad] = -1.0
+    x[0, p.pad + h:] = -1.0
+    x[0, p.pad:p.pad + h, :p.pad] = -1.0
+    x[0, p.pad:p.pad + h, p.pad + w:] = -1.0
+    inside = x[0, p.pad:p.pad + h, p.pad:p.pad + w]
+    np.multiply(np.asarray(scaled), np.float32(1 / 127.5), out=inside, casting="unsafe")
+    inside -= 1.0
+    return x
+
+
+def _face_boxes(dets: np.ndarray, scores: np.ndarray) -> list[FaceBox]:
+    """Merged detections -> FaceBoxes (whole pixels, named landmarks), largest first."""
+    faces = []
+    for row, score in zip(dets, scores):
+        x0, y0, x1, y1 = row[:4]
+        w, h = round(x1 - x0), round(y1 - y0)
+        if w < 1 or h < 1:
+            continue
+        points = row[4:].reshape(-1, 2)
+        faces.append(FaceBox(
+            x=round(x0), y=round(y0), w=w, h=h, score=float(score),
+            landmarks=tuple(Landmark(n, float(px), float(py))
+                            for n, (px, py) in zip(LANDMARK_NAMES, points)),
+        ))
+    return sorted(faces, key=lambda f: (-f.w * f.h, f.y, f.x))

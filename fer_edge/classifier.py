@@ -71,14 +71,22 @@ DETECTION_MIN_SIDE = 2048
 _INPUT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64, stable for large logits.
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of ``logits / temperature`` in float64, stable for large logits.
+
+    Args:
+        logits: (..., classes) raw model outputs.
+        temperature: The model's calibration temperature
+            (:attr:`fer_edge.metadata.ModelInfo.temperature`); above 1 softens
+            over-confident scores. It never changes which class is on top.
 
     Example:
         >>> softmax(np.array([[1000.0, 1000.0]])).tolist()
         [[0.5, 0.5]]
+        >>> softmax(np.array([[2.0, 0.0]]), temperature=2.0).round(4).tolist()
+        [[0.7311, 0.2689]]
     """
-    z = np.asarray(logits, dtype=np.float64)
+    z = np.asarray(logits, dtype=np.float64) / temperature
     # Subtracting the row maximum keeps exp() from overflowing; result unchanged.
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
@@ -320,6 +328,7 @@ class Classifier:
                 "model_version": meta.model_version,
                 "precision": meta.precision,
                 "tta": meta.tta,
+                "temperature": meta.temperature,
                 "training_data": meta.training_data,
                 "val_accuracy": meta.val_accuracy,
                 "val_macro_f1": meta.val_macro_f1,
@@ -497,6 +506,8 @@ class Classifier:
                 (seconds, files), ``smooth`` (EMA weight of the newest frame,
                 e.g. 0.3; ``None``: raw), ``all_frames`` (also yield frames not
                 analysed), ``keep_images`` (attach the decoded frames),
+                ``detect_every`` (run the detector on every Nth analysed
+                frame only, carrying boxes forward in between; default 1),
                 ``min_iou``/``max_missed`` (tracking); see
                 :class:`fer_edge.video.VideoAnalysis`.
 
@@ -544,8 +555,8 @@ class Classifier:
         return predictions
 
     def _probabilities(self, x: np.ndarray) -> np.ndarray:
-        """Run the model on float32 (n, 3, S, S); returns (n, classes) probabilities."""
-        return softmax(self.logits(x))
+        """Run the model on float32 (n, 3, S, S); returns (n, classes) calibrated probabilities."""
+        return softmax(self.logits(x), self.info.temperature)
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         """Raw model outputs for already-preprocessed input, in :attr:`labels` order.
@@ -553,6 +564,10 @@ class Classifier:
         For callers that preprocess themselves (a distillation teacher, a
         benchmark): ``x`` is float32 (n, 3, S, S) as :func:`fer_edge.preprocess.normalize`
         returns. Any n works, also with a fixed-batch model.
+
+        These are the graph's outputs as they are: the calibration temperature
+        is *not* applied. ``softmax(logits, clf.info.temperature)`` gives the
+        probabilities :meth:`predict` reports.
 
         Raises:
             ModelError: The run failed or produced non-finite values.

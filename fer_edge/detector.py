@@ -18,14 +18,23 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
 
 from PIL import Image
+
+from .errors import ModelError
+
+if TYPE_CHECKING:
+    from .providers import ProvidersArg
 
 #: Landmark names alignment looks for. "Right"/"left" are the person's own:
 #: in an upright frontal face their right eye is on the image's left.
 RIGHT_EYE = "right_eye"
 LEFT_EYE = "left_eye"
+
+#: The face detectors fer-edge ships, by name (``fer-edge classify --detector``);
+#: the first is :class:`fer_edge.Classifier`'s default.
+SHIPPED_DETECTORS = ("blazeface",)
 
 
 class Landmark(NamedTuple):
@@ -86,3 +95,37 @@ class FaceDetector(Protocol):
     def detect(self, image: Image.Image) -> list[FaceBox]:
         """Find the faces in a decoded image (any Pillow mode)."""
         ...
+
+
+def shipped_detector(
+    name: str = SHIPPED_DETECTORS[0],
+    *,
+    providers: ProvidersArg = None,
+    threads: int = 0,
+    min_face: float | None = None,
+) -> FaceDetector:
+    """Open a shipped face detector by name, for ``Classifier(detector=...)``.
+
+    Args:
+        name: One of :data:`SHIPPED_DETECTORS`.
+        providers: Execution providers, as for :class:`fer_edge.Classifier`.
+        threads: Intra-op threads for ONNX Runtime; 0 lets it decide.
+        min_face: Smallest face side to look for, in image pixels; ``None``
+            keeps the detector's fast default (see :class:`fer_edge.BlazeFace`).
+
+    Raises:
+        ModelError: ``name`` is not a shipped detector (the message lists
+            them), or its model file is missing or corrupt.
+        ProviderError: A requested provider is not available.
+        ValueError: ``min_face`` is not positive.
+
+    Example:
+        >>> shipped_detector("blazeface", providers="cpu", min_face=24).min_face
+        24.0
+    """
+    if name not in SHIPPED_DETECTORS:
+        raise ModelError(f"unknown face detector {name!r}; shipped detectors: "
+                         f"{', '.join(SHIPPED_DETECTORS)}")
+    from .blazeface import BlazeFace  # lazy: blazeface imports this module
+
+    return BlazeFace(providers=providers, threads=threads, min_face=min_face)

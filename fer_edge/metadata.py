@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import PurePath
@@ -72,6 +73,32 @@ def describe_training_data(recorded: str) -> str:
     return f"{name}, {match['split']} split{match['rest'] or ''}"
 
 
+def check_temperature(value: object) -> float:
+    """``value`` if it is a usable softmax temperature: a finite number above 0.
+
+    Checked when the metadata is read, so a bad file fails at load, naming
+    itself, rather than giving NaN probabilities at the first image.
+
+    Raises:
+        ValueError: naming the bad value.
+
+    Example:
+        >>> check_temperature(1.5)
+        1.5
+        >>> check_temperature(float("nan"))
+        Traceback (most recent call last):
+        ...
+        ValueError: temperature must be a finite number > 0, got nan
+    """
+    bad = ValueError(f"temperature must be a finite number > 0, got {value!r}")
+    # bool is an int to Python, but "temperature": true is a broken file, not 1.0.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise bad
+    if not math.isfinite(value) or value <= 0:
+        raise bad
+    return float(value)
+
+
 @dataclass
 class ModelInfo:
     """Facts about an exported model, stored in (and read from) the ONNX file.
@@ -84,6 +111,10 @@ class ModelInfo:
         precision: ``fp32``, ``fp16`` or ``int8``.
         input_name: Name of the graph input.
         output: What the graph outputs; always ``"logits"`` (softmax is applied by the runtime).
+        temperature: The runtime's probabilities are ``softmax(logits / temperature)``;
+            fitted on val at export (``python -m export.calibrate``) so that a score of
+            0.8 is right about 80% of the time. 1.0 (the default, also for files
+            written before it existed) leaves the logits as they are.
         tta: Test-time augmentation folded into the graph (``"none"`` or ``"flip"``).
         training_data: Where the training images came from.
         val_accuracy: Accuracy on the validation split, if measured.
@@ -101,6 +132,7 @@ class ModelInfo:
     input_name: str = "input"
     output: str = "logits"
     tta: str = "none"
+    temperature: float = 1.0
     training_data: str = ""
     val_accuracy: float | None = None
     val_macro_f1: float | None = None
@@ -108,9 +140,16 @@ class ModelInfo:
     exporter_version: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.temperature = check_temperature(self.temperature)
+
     def to_json(self) -> str:
         d = asdict(self)
         d["preprocess"] = self.preprocess.to_dict()
+        if self.temperature == 1.0:
+            # Uncalibrated files stay readable by runtimes older than the field;
+            # calibrated ones are refused there rather than read with wrong scores.
+            del d["temperature"]
         d["format_version"] = FORMAT_VERSION
         return json.dumps(d, sort_keys=True)
 

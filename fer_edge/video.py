@@ -32,10 +32,11 @@ from typing import TYPE_CHECKING, Any, Generator, Iterator
 from PIL import Image
 
 from . import faces as faces_module
+from .detector import FaceBox, Landmark
 from .errors import DependencyError, FerEdgeError
 from .files import display_path, printable
 from .results import FaceResult, ImageResult, Prediction
-from .tracking import MAX_MISSED, MIN_IOU, EmaSmoother, IouTracker
+from .tracking import MAX_MISSED, MIN_IOU, BoxMotion, EmaSmoother, IouTracker
 
 if TYPE_CHECKING:
     from .classifier import Classifier
@@ -46,6 +47,10 @@ VIDEO_EXTRA = "pip install 'fer-edge[video]'"
 LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "udp", "tcp", "srt", "rtp")
 #: Seconds a network source may take to answer before it counts as unopenable.
 OPEN_TIMEOUT_S = 10.0
+#: Analysed frames per detector pass by default: every one. A larger N
+#: (``detect_every``) carries boxes forward in between, which is faster but
+#: sees a new face up to N-1 analysed frames late.
+DETECT_EVERY = 1
 #: Decoded frames waiting for inference (files); a few smooth out decode
 #: bursts (key frames) without holding much memory (640x480 RGB: 0.9 MB each).
 FILE_QUEUE = 4
@@ -156,7 +161,10 @@ class VideoStats:
     """Counts and per-stage seconds of a :class:`VideoAnalysis` so far.
 
     ``decode_s`` is spent in the decoding thread (in parallel with the rest);
-    ``detect_s`` and ``classify_s`` in the thread iterating.
+    ``detect_s`` and ``classify_s`` in the thread iterating. ``detections``
+    counts the analysed frames the detector ran on (all of them unless
+    ``detect_every`` > 1); ``carried`` the faces whose box was carried
+    forward from the last detection instead (``faces`` counts both).
     """
 
     decoded: int = 0
@@ -164,6 +172,8 @@ class VideoStats:
     dropped: int = 0
     faces: int = 0
     tracks: int = 0
+    detections: int = 0
+    carried: int = 0
     decode_s: float = 0.0
     detect_s: float = 0.0
     classify_s: float = 0.0
@@ -176,10 +186,16 @@ class TrackedFace(FaceResult):
     Attributes:
         track: The id this face keeps from frame to frame (:mod:`fer_edge.tracking`).
         raw: The frame's own prediction when ``prediction`` is smoothed, else ``None``.
+        detected: ``True`` when the detector found the box on this frame;
+            ``False`` when the detector skipped the frame (``detect_every``)
+            and the box is the track's last detected one, moved on by its
+            velocity (``detection_score`` is then ``None``). The expression
+            is classified on this frame either way.
     """
 
     track: int = 0
     raw: Prediction | None = None
+    detected: bool = True
 
 
 @dataclass
@@ -187,18 +203,20 @@ class VideoRecord(ImageResult):
     """One face in one analysed frame: the record ``fer-edge video`` writes.
 
     An :class:`ImageResult` (with exactly one face), so the JSON writers of
-    :mod:`fer_edge.output` take it as is.
+    :mod:`fer_edge.output` take it as is. Its ``detected`` is the face's:
+    whether the detector found this box on this frame (see :class:`TrackedFace`).
     """
 
     frame: int = 0
     time_s: float = 0.0
 
     def to_record(self) -> dict[str, Any]:
-        """``path``, ``frame``, ``time_s``, ``track``, ``box``, ``detection_score``,
-        ``label``, ``score``, ``probabilities``."""
+        """``path``, ``frame``, ``time_s``, ``track``, ``detected``, ``box``,
+        ``detection_score``, ``label``, ``score``, ``probabilities``."""
         face = self.faces[0]
         return {"path": self.path, "frame": self.frame, "time_s": round(self.time_s, 6),
-                "track": getattr(face, "track", None), **face.to_record()}
+                "track": getattr(face, "track", None), "detected": self.detected,
+                **face.to_record()}
 
 
 @dataclass
@@ -210,10 +228,13 @@ class VideoFrameResult:
         time_s: Its presentation time in seconds from the start of the video.
         width: Frame width.
         height: Frame height.
-        analysed: Whether faces were detected and classified on this frame
+        analysed: Whether faces were found and classified on this frame
             (``--every``/``--fps`` skip some; those come only with ``all_frames``).
         faces: The faces, with track ids; empty when none or not analysed.
         image: The decoded RGB frame, only with ``keep_images`` (for drawing).
+        detected: Whether the detector ran on this frame; ``False`` on an
+            analysed frame between detections (``detect_every``), whose faces
+            are the last detection's, carried forward.
     """
 
     frame: int
@@ -223,10 +244,12 @@ class VideoFrameResult:
     analysed: bool
     faces: list[TrackedFace] = field(default_factory=list)
     image: Image.Image | None = None
+    detected: bool = False
 
     def records(self, path: str | None) -> list[VideoRecord]:
         """One :class:`VideoRecord` per face, named ``path``."""
-        return [VideoRecord(path, self.width, self.height, True, [face], None, self.frame, self.time_s)
+        return [VideoRecord(path, self.width, self.height, face.detected, [face], None, self.frame,
+                            self.time_s)
                 for face in self.faces]
 
 
@@ -301,12 +324,23 @@ class VideoAnalysis(Iterator[VideoFrameResult]):
     once); frames are decoded lazily. Use it as a context manager, or call
     :meth:`close`, to stop early and release the decoder.
 
+    With ``detect_every=N`` the detector runs on analysed frames 0, N, 2N, ...
+    only; on the analysed frames in between, each face of the last detection
+    is carried forward (its box moved by the track's velocity,
+    :class:`fer_edge.tracking.BoxMotion`), cropped and classified as usual,
+    and marked ``detected=False``. Detection is the costliest stage, so N=2
+    nearly halves its share; the price: a face that appears is seen up to N-1
+    analysed frames late, one that leaves is reported up to N-1 frames too
+    long, and a box lags a face that changes speed or direction.
+
     Attributes:
         source: What was opened.
         info: Size, frame rate, length of the video.
         stats: Counts and per-stage timings so far.
 
     Raises:
+        ValueError: At once, for arguments out of range (``every`` or
+            ``detect_every`` < 1, ...).
         VideoError: While iterating, after the last frame that decoded: the
             video is truncated or damaged (``frame`` says where it stopped).
     """
@@ -315,11 +349,14 @@ class VideoAnalysis(Iterator[VideoFrameResult]):
                  camera: int | None = None, every: int = 1, fps: float | None = None,
                  start: float | None = None, end: float | None = None, smooth: float | None = None,
                  all_frames: bool = False, keep_images: bool = False,
-                 min_iou: float = MIN_IOU, max_missed: int = MAX_MISSED) -> None:
+                 min_iou: float = MIN_IOU, max_missed: int = MAX_MISSED,
+                 detect_every: int = DETECT_EVERY) -> None:
         if (source is None) == (camera is None):
             raise ValueError("give either a source (file or URL) or camera=N")
-        if not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be an int >= 1, got {every!r}")
+        for name, value in (("every", every), ("detect_every", detect_every)):
+            # bool is an int, but True as a frame count is a mistake.
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         if fps is not None and not fps > 0:
             raise ValueError(f"fps must be positive, got {fps!r}")
         if start is not None and start < 0 or end is not None and end <= (start or 0):
@@ -333,7 +370,12 @@ class VideoAnalysis(Iterator[VideoFrameResult]):
         self._clf = classifier
         self._every, self._fps, self._start, self._end = every, fps, start, end
         self._all, self._keep = all_frames, keep_images
+        self._detect_every = detect_every
         self._tracker = IouTracker(min_iou=min_iou, max_missed=max_missed)
+        self._motion = BoxMotion()
+        # The faces of the last detection, (track, box): what frames between
+        # detections carry forward.
+        self._last: list[tuple[int, FaceBox]] = []
         self._smoother = EmaSmoother(smooth) if smooth is not None else None
         self.stats = VideoStats()
         self._container = _open(av, self.source)
@@ -403,46 +445,80 @@ class VideoAnalysis(Iterator[VideoFrameResult]):
     def _analyse(self, item: _Decoded) -> VideoFrameResult:
         image = item.image
         assert image is not None  # analysed frames are always converted
+        detect = self.stats.analysed % self._detect_every == 0
         t0 = time.perf_counter()
-        boxes = self._clf.detector.detect(image)
+        if detect:
+            boxes = self._clf.detector.detect(image)
+            self.stats.detect_s += time.perf_counter() - t0
+            self.stats.detections += 1
+            ids = self._track(boxes, item.time_s)
+        else:
+            ids, boxes = self._carry(item.time_s)
+            self.stats.carried += len(boxes)
         t1 = time.perf_counter()
         preds = self._clf.predict_batch([faces_module.crop_face(image, b) for b in boxes]) if boxes else []
-        t2 = time.perf_counter()
-        self.stats.detect_s += t1 - t0
-        self.stats.classify_s += t2 - t1
-        xywh = [(int(b.x), int(b.y), int(b.w), int(b.h)) for b in boxes]
-        ids = self._tracker.update(xywh)
-        faces = []
-        for box, fb, pred, track in zip(xywh, boxes, preds, ids):
-            raw: Prediction | None = None
-            if self._smoother is not None:
-                raw = pred
-                probs = self._smoother.update(track, [pred.probabilities[k] for k in self._clf.labels])
-                pred = self._clf._prediction(probs)
-            score = None if fb.score is None else float(fb.score)
-            faces.append(TrackedFace(box, score, pred, track, raw))
-        if self._smoother is not None:
-            self._smoother.forget(self._tracker.ended)
+        self.stats.classify_s += time.perf_counter() - t1
+        faces = [self._face(fb, pred, track, detect) for fb, pred, track in zip(boxes, preds, ids)]
         self.stats.analysed += 1
         self.stats.faces += len(faces)
         self.stats.tracks = max(self.stats.tracks, max(ids, default=0))
         return VideoFrameResult(item.frame, item.time_s, image.width, image.height, True, faces,
-                                image if self._keep else None)
+                                image if self._keep else None, detect)
+
+    def _track(self, boxes: list[FaceBox], time_s: float) -> list[int]:
+        """Track ids for this detection's boxes; remember them for the frames until the next."""
+        xywh = [(int(b.x), int(b.y), int(b.w), int(b.h)) for b in boxes]
+        ids = self._tracker.update(xywh)
+        for track, box in zip(ids, xywh):
+            self._motion.observe(track, box, time_s)
+        self._motion.forget(self._tracker.ended)
+        if self._smoother is not None:
+            self._smoother.forget(self._tracker.ended)
+        self._last = list(zip(ids, boxes))
+        return ids
+
+    def _carry(self, time_s: float) -> tuple[list[int], list[FaceBox]]:
+        """The last detection's faces, each moved to where its velocity puts it at ``time_s``."""
+        ids = [track for track, _ in self._last]
+        boxes = [_shifted(box, *self._motion.offset(track, time_s)) for track, box in self._last]
+        return ids, boxes
+
+    def _face(self, box: FaceBox, pred: Prediction, track: int, detected: bool) -> TrackedFace:
+        """The record of one face: smoothed when asked, with its track id."""
+        raw: Prediction | None = None
+        if self._smoother is not None:
+            raw = pred
+            probs = self._smoother.update(track, [pred.probabilities[k] for k in self._clf.labels])
+            pred = self._clf._prediction(probs)
+        score = None if box.score is None else float(box.score)
+        xywh = (int(box.x), int(box.y), int(box.w), int(box.h))
+        return TrackedFace(xywh, score, pred, track, raw, detected)
 
     # -- the decoding thread ----------------------------------------------
 
     def _put(self, item: Any) -> bool:
-        """Queue an item; ``False`` when stopped. Live sources drop the oldest frame."""
+        """Queue an item; ``False`` when stopped.
+
+        A live source's frame never waits for inference: when the queue is
+        full, the frame waiting there is dropped (and counted) for this newer
+        one. Waiting would pace the decoder by inference as for a file, so
+        the source's own buffers would fill with ever older frames, dropped
+        unseen. The end and errors do wait, so the last frame is analysed.
+        """
+        live_frame = self.source.live and isinstance(item, _Decoded)
         while not self._stop.is_set():
             try:
-                self._queue.put(item, timeout=0.1)
+                if live_frame:
+                    self._queue.put_nowait(item)
+                else:
+                    self._queue.put(item, timeout=0.1)
                 return True
             except queue.Full:
-                if self.source.live and isinstance(item, _Decoded):
+                if live_frame:
                     try:
                         self._queue.get_nowait()
                         self.stats.dropped += 1
-                    except queue.Empty:
+                    except queue.Empty:  # inference took it meanwhile
                         pass
         return False
 
@@ -525,6 +601,17 @@ class VideoAnalysis(Iterator[VideoFrameResult]):
             where += f" ({last_time:.2f} s"
             where += f" of {self.info.duration_s:.2f} s)" if self.info.duration_s else ")"
         return VideoError(f"{self.source.name}: decoding stopped at {where}: {reason}", frame=index)
+
+
+def _shifted(box: FaceBox, dx: float, dy: float) -> FaceBox:
+    """``box`` and its landmarks moved by ``(dx, dy)``, without a detection score (not detected here).
+
+    The landmarks move too, so the crop is aligned by the eyes as on detected frames.
+    """
+    # A new FaceBox, not dataclasses.replace: a detector of one's own may return look-alikes.
+    landmarks = tuple(Landmark(p.name, p.x + dx, p.y + dy) for p in getattr(box, "landmarks", ()))
+    return FaceBox(int(round(box.x + dx)), int(round(box.y + dy)), int(box.w), int(box.h), None,
+                   landmarks)
 
 
 def frame_rate_of(info: VideoInfo, default: float = 30.0) -> Fraction:

@@ -67,6 +67,7 @@ class VideoOptions:
     summary: Path | None
     timeline: Path | None
     annotate: Path | None
+    detect_every: int = 1
 
 
 def check_usage(source: str | None, camera: int | None, opts: VideoOptions) -> None:
@@ -77,6 +78,9 @@ def check_usage(source: str | None, camera: int | None, opts: VideoOptions) -> N
         raise click.BadParameter("an empty path names no video", param_hint="'SOURCE'")
     if opts.every != 1 and opts.fps is not None:
         raise click.UsageError("--every and --fps both choose frames; give one")
+    if opts.detect_every < 1:  # click's IntRange says so first; this guards other callers
+        raise click.BadParameter(f"{opts.detect_every} is not in the range N>=1 (1: detect on every "
+                                 "analysed frame)", param_hint="'--detect-every'")
     if camera is not None and opts.start is not None:
         raise click.BadParameter("a camera cannot seek; --start is for files", param_hint="'--start'")
     if opts.start is not None and opts.end is not None and opts.end <= opts.start:
@@ -142,7 +146,8 @@ def run_video(source: str | None, camera: int | None, opts: VideoOptions, model:
     try:
         analysis = clf.analyze_video(source, camera=camera, every=opts.every, fps=opts.fps,
                                      start=opts.start, end=opts.end, smooth=opts.smooth,
-                                     all_frames=keep, keep_images=keep)
+                                     detect_every=opts.detect_every, all_frames=keep,
+                                     keep_images=keep)
     except VideoError as exc:
         click.echo(f"fer-edge: error: {printable(str(exc))}", err=True)
         return EXIT_FAILED
@@ -194,8 +199,9 @@ def run_video(source: str | None, camera: int | None, opts: VideoOptions, model:
     finally:
         analysis.close()
     stats = analysis.stats
-    log.info("%d frames decoded, %d analysed, %d faces in %d tracks; seconds: decode %.2f, "
-             "detect %.2f, classify %.2f", stats.decoded, stats.analysed, stats.faces, stats.tracks,
+    log.info("%d frames decoded, %d analysed (detector ran on %d), %d faces (%d carried) in %d "
+             "tracks; seconds: decode %.2f, detect %.2f, classify %.2f", stats.decoded,
+             stats.analysed, stats.detections, stats.faces, stats.carried, stats.tracks,
              stats.decode_s, stats.detect_s, stats.classify_s)
     if stats.dropped:
         log.warning("%s: %d frames dropped because analysis fell behind the live source",

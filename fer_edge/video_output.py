@@ -47,24 +47,33 @@ def _video_fields(result: ImageResult) -> tuple[int, float, Any]:
 
 
 class VideoCsvWriter(CsvWriter):
-    """One row per face per analysed frame: path, frame, time_s, track, box, label, scores."""
+    """One row per face per analysed frame: path, frame, time_s, track, detected, box, label, scores.
+
+    ``detected`` is 1 when the detector found the box on that frame, 0 when the
+    box was carried forward from the last detection (``--detect-every``), as
+    ``classify``'s CSV writes it.
+    """
 
     def header(self) -> list[str]:
         """Column names; one ``prob_<label>`` column per label, in label order."""
-        return ["path", "frame", "time_s", "track", "x", "y", "w", "h", "detection_score",
+        return ["path", "frame", "time_s", "track", "detected", "x", "y", "w", "h", "detection_score",
                 "label", "score", *(csv_text(f"prob_{label}") for label in self.labels)]
 
     def write(self, result: ImageResult) -> None:
         frame, time_s, face = _video_fields(result)
         self._csv.writerow([csv_text(result.path or ""), frame, f"{time_s:.6f}",
-                            getattr(face, "track", ""), *face.box,
+                            getattr(face, "track", ""), int(result.detected), *face.box,
                             _fmt_score(face.detection_score), csv_text(face.label),
                             _fmt_score(face.score),
                             *(_fmt_score(face.probabilities.get(label)) for label in self.labels)])
 
 
 class VideoTableWriter(TableWriter):
-    """Aligned columns for people: frame, time, track, label, score, box."""
+    """Aligned columns for people: frame, time, track, label, score, box.
+
+    A box carried forward from the last detection (``--detect-every``) is
+    followed by ``(carried)``.
+    """
 
     def begin(self) -> None:
         self._width = max([len(x) for x in self.labels] + [len("label")])
@@ -75,7 +84,7 @@ class VideoTableWriter(TableWriter):
         frame, time_s, face = _video_fields(result)
         self.stream.write(f"{frame:>7}  {time_s:>9.3f}  {getattr(face, 'track', ''):>5}  "
                           f"{face.label:<{self._width}}  {face.score:>6.3f}  "
-                          f"{','.join(map(str, face.box))}\n")
+                          f"{','.join(map(str, face.box))}{'' if result.detected else '  (carried)'}\n")
 
 
 def make_video_writer(fmt: str, stream: TextIO, labels: Sequence[str]) -> Writer:
@@ -88,11 +97,16 @@ def make_video_writer(fmt: str, stream: TextIO, labels: Sequence[str]) -> Writer
 
 
 class _Labelled:
-    """What :func:`fer_edge.annotate.annotate` draws for a tracked face: ``#id label``."""
+    """What :func:`fer_edge.annotate.annotate` draws for a tracked face: ``#id label``.
+
+    The box colour follows the label alone (one colour per expression, the
+    same as ``classify --annotate``), not the track.
+    """
 
     def __init__(self, face: FaceResult) -> None:
         self.box = face.box
         self.label = f"#{getattr(face, 'track', '?')} {face.label}"
+        self.colour_label = face.label
         self.score = face.score
 
 

@@ -71,16 +71,19 @@ def model_card(name: str, path: Path) -> dict:
     """What ``fer-edge models`` shows of one model, all read from its file and metadata.
 
     Speed figures are those export measured and stored (``extra["speed"]``);
-    ``None`` when the file has none.
+    ``None`` when the file has none. ``temperature`` is the softmax temperature
+    the runtime applies; ``calibration`` what fitting it measured on val
+    (``extra["calibration"]``: ECE before and after, 2-fold CV), ``None`` if never fitted.
 
     Example:
         >>> card = model_card("test", test_model_path)
-        >>> card["labels"], card["ms_per_image_b32"]
-        (['happy', 'sad'], None)
+        >>> card["labels"], card["ms_per_image_b32"], card["temperature"]
+        (['happy', 'sad'], None, 1.0)
     """
     info = _read_info(path)
     stored = info.extra.get("speed")
     speed: dict = stored if isinstance(stored, dict) else {}
+    calibration = info.extra.get("calibration")
     return {
         "name": name,
         "file": path.name,
@@ -96,6 +99,8 @@ def model_card(name: str, path: Path) -> dict:
         "ms_per_image_b1": speed.get("ms_per_image_b1"),
         "ms_per_image_b32": speed.get("ms_per_image_b32"),
         "speed_threads": speed.get("threads"),
+        "temperature": info.temperature,
+        "calibration": calibration if isinstance(calibration, dict) else None,
     }
 
 

@@ -40,6 +40,7 @@ class ModelOptions:
         mean: Normalisation mean written in the metadata.
         std: Normalisation std written in the metadata.
         training_data: The metadata's ``training_data`` text.
+        temperature: The metadata's softmax temperature.
     """
 
     input_size: int = 32
@@ -54,6 +55,7 @@ class ModelOptions:
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     training_data: str = ""
+    temperature: float = 1.0
 
 
 def _const(name: str, arr: np.ndarray) -> TensorProto:
@@ -104,7 +106,7 @@ def build_model(path: Path, labels: Sequence[str], opts: ModelOptions = ModelOpt
         spec = PreprocessSpec(input_size=opts.input_size, mean=opts.mean, std=opts.std)
         info = ModelInfo(labels=list(labels), preprocess=spec, model_name="test_cnn",
                          model_version="test", precision="fp16" if opts.float16 else "fp32",
-                         training_data=opts.training_data)
+                         training_data=opts.training_data, temperature=opts.temperature)
         helper.set_model_props(model, info.to_props())
     onnx.checker.check_model(model)
     path = Path(path)

@@ -25,6 +25,7 @@ from fer_edge import (
 )
 from fer_edge import classifier as classifier_module
 from fer_edge.classifier import softmax
+from fer_edge.preprocess import preprocess
 from tests.constants import LABELS2, LABELS7, REPO
 
 
@@ -125,6 +126,59 @@ def test_softmax_is_stable_and_normalised():
     assert np.allclose(probs.sum(axis=1), 1.0)
     naive = np.exp([1e-3, 2e-3, 3e-3]) / np.exp([1e-3, 2e-3, 3e-3]).sum()
     assert np.allclose(probs[1], naive, atol=1e-7)
+
+
+def test_temperature_from_the_metadata_divides_the_logits(tmp_path, make_model):
+    """Issue 13: a model with T=2 gives softmax(logits / 2); the logits themselves stay raw."""
+    plain = Classifier(make_model(tmp_path, LABELS2, name="plain.onnx"))
+    hot = Classifier(make_model(tmp_path, LABELS2, name="hot.onnx", temperature=2.0))
+    assert (plain.info.temperature, hot.info.temperature) == (1.0, 2.0)
+    img = _images(1)[0]
+    x = preprocess(img, plain.spec)[None]
+    logits = hot.logits(x)
+    assert np.array_equal(logits, plain.logits(x))  # same weights: raw outputs unchanged
+    got = [hot.predict(img).probabilities[k] for k in LABELS2]
+    assert np.allclose(got, softmax(logits / 2.0)[0], atol=1e-7)
+    assert not np.allclose(got, softmax(logits)[0], atol=1e-3)
+    assert hot.predict(img).label == plain.predict(img).label
+    assert hot.describe()["model"]["temperature"] == 2.0
+
+
+def test_softmax_temperature_softens_without_reordering():
+    z = np.array([[3.0, 1.0, -2.0]])
+    assert np.allclose(softmax(z, 2.0), softmax(z / 2.0))
+    assert softmax(z, 2.0)[0, 0] < softmax(z)[0, 0]
+    assert softmax(z, 2.0).argmax() == softmax(z).argmax()
+
+
+def test_temperature_round_trips_and_is_omitted_when_1():
+    """T = 1 is not written, so uncalibrated files stay readable by runtimes older than the field."""
+    from fer_edge.metadata import ModelInfo
+    from fer_edge.preprocess import PreprocessSpec
+
+    info = ModelInfo(labels=LABELS2, preprocess=PreprocessSpec(input_size=32))
+    assert "temperature" not in json.loads(info.to_json())
+    info.temperature = 1.25
+    assert json.loads(info.to_json())["temperature"] == 1.25
+    assert ModelInfo.from_props(info.to_props()).temperature == 1.25
+
+
+def _with_raw_temperature(path, value: str):
+    """Rewrite the metadata JSON with ``"temperature": value`` spelt as given (NaN included)."""
+    model = onnx.load(str(path))
+    meta = json.loads(model.metadata_props[0].value)
+    meta.pop("temperature", None)
+    model.metadata_props[0].value = json.dumps(meta)[:-1] + f', "temperature": {value}}}'
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "0", "-1.5", '"2"', "true", "null"])
+def test_bad_temperature_is_refused_naming_the_file(tmp_path, make_model, value):
+    path = _with_raw_temperature(make_model(tmp_path, LABELS2, name="badtemp.onnx"), value)
+    with pytest.raises(ModelError, match=r"badtemp\.onnx: invalid 'fer_edge' metadata: temperature must be "
+                                         r"a finite number > 0"):
+        Classifier(path)
 
 
 def test_fp16_model_runs(tmp_path, make_model):

@@ -426,6 +426,22 @@ def test_info_names_the_training_data_and_explains_the_colour_mode(tmp_path, mak
     assert "input:        32x32, 8-bit grey (luma) repeated on 3 channels (gray3), " in r.stdout
 
 
+def test_info_and_models_show_the_temperature(tmp_path, make_model, monkeypatch):
+    """Issue 13: the calibration temperature the runtime applies is visible."""
+    from fer_edge import zoo
+
+    model = make_model(tmp_path, LABELS2, name="default.onnx", temperature=1.5)
+    r = invoke("info", model=model)
+    assert r.exit_code == 0, r.stderr
+    assert "temperature:  1.5 (probabilities = softmax(logits / T))\n" in r.stdout
+    assert json.loads(invoke("info", "--json", model=model).stdout)["model"]["temperature"] == 1.5
+    monkeypatch.setattr(zoo, "MODELS_DIR", tmp_path)
+    r = CliRunner().invoke(cli, ["models", "--json"])
+    assert r.exit_code == 0, r.output
+    card = json.loads(r.output)[0]
+    assert (card["temperature"], card["calibration"]) == (1.5, None)
+
+
 def test_json_on_stdout_stays_whole_when_the_run_fails_midway(photos, model_path, monkeypatch):
     """A failure after some images (here the model) still closes the JSON array on stdout."""
     from fer_edge import ModelError

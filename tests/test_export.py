@@ -6,6 +6,7 @@ these fast on a CPU; nothing here needs the FER-2013 data.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -273,3 +274,127 @@ def test_parity_on_real_fer_images(ckpt3, fer_data, tmp_path):
     assert report.parity[0].inputs == "val images" and report.parity[0].n == 12
     assert all(p.passed for p in report.parity)
     assert report.val["fp32"].n == 12 and report.info.val_accuracy == report.val["fp32"].accuracy
+
+
+# -- calibration (issue 13): one temperature per model, ECE before and after ------------
+
+
+def _drawn_labels(rng: np.random.Generator, logits: np.ndarray) -> np.ndarray:
+    """Labels drawn from softmax(logits): data for which ``logits`` are perfectly calibrated."""
+    from fer_edge.classifier import softmax
+
+    return (rng.random((len(logits), 1)) > softmax(logits).cumsum(axis=1)).sum(axis=1)
+
+
+@pytest.mark.parametrize("true_t", [0.5, 1.0, 2.5])
+def test_fit_temperature_recovers_a_known_temperature(true_t):
+    from export.calibrate import fit_temperature
+
+    rng = np.random.default_rng(1)
+    z = rng.normal(0.0, 2.0, (20000, 3))
+    y = _drawn_labels(rng, z)
+    # The model's logits are the calibrated ones times true_t: T = true_t undoes it.
+    fitted = fit_temperature(z * true_t, y)
+    assert fitted == pytest.approx(true_t, rel=0.05)
+    assert fit_temperature(z * true_t, y) == fitted  # deterministic
+
+
+def test_ece_is_small_for_calibrated_data_and_large_for_overconfident():
+    from export.calibrate import ece
+    from fer_edge.classifier import softmax
+
+    rng = np.random.default_rng(2)
+    z = rng.normal(0.0, 2.0, (20000, 3))
+    y = _drawn_labels(rng, z)
+    assert ece(softmax(z), y) < 0.015
+    assert ece(softmax(3.0 * z), y) > 0.1
+    # Always 90% sure, right 60% of the time: ECE 0.3.
+    p = np.tile([0.9, 0.1], (10, 1))
+    assert ece(p, np.array([0] * 6 + [1] * 4)) == pytest.approx(0.3)
+
+
+def test_calibrate_reports_in_sample_and_cross_validated_figures():
+    from export.calibrate import calibrate, halves
+
+    rng = np.random.default_rng(3)
+    z = rng.normal(0.0, 2.0, (3001, 3))
+    y = _drawn_labels(rng, z)
+    cal = calibrate(3.0 * z, y)
+    assert cal.ece_after < cal.ece_before and cal.nll_after < cal.nll_before and cal.n == 3001
+    assert cal.ece_cv_after < 0.05 and all(t == pytest.approx(3.0, rel=0.1) for t in cal.cv_temperatures)
+    a, b = halves(y)
+    assert not set(a) & set(b) and len(a) + len(b) == 3001 and abs(len(a) - len(b)) <= 1
+    with pytest.raises(ValueError, match="labels"):
+        calibrate(z, y + 5)
+
+
+def test_calibrate_doctests():
+    """export/ is not among pytest's doctest paths (the wheel is fer_edge/ only)."""
+    import doctest
+
+    import export.calibrate
+
+    assert doctest.testmod(export.calibrate, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE).failed == 0
+
+
+def test_export_with_data_fits_and_stores_the_temperature(fp32_export):
+    out, report = fp32_export
+    info = ModelInfo.from_props(_session(out).get_modelmeta().custom_metadata_map)
+    cal = report.calibration
+    assert cal is not None and info.temperature == cal.temperature > 0
+    stored = info.extra["calibration"]
+    assert stored["temperature"] == cal.temperature and stored["n"] == report.val["fp32"].n
+    assert {"ece_before", "ece_after", "ece_cv_after", "bins", "data"} <= stored.keys()
+    assert stored["data"].endswith(", val split") and "/" not in stored["data"]  # no local path
+    assert "calibration temperature" in report.summary()
+    assert Classifier(out).info.temperature == cal.temperature
+
+
+def test_export_without_data_is_not_calibrated(ckpt3, tmp_path):
+    report = export_checkpoint(ExportConfig(checkpoint=ckpt3, out=tmp_path / "m.onnx", threads=1))
+    assert report.info.temperature == 1.0 and report.info.extra["calibration"] is None
+    assert any("NOT calibrated" in w for w in report.warnings)
+
+
+def test_calibrate_stamp_changes_only_the_metadata(fp32_export, data3, tmp_path, capsys):
+    from export.calibrate import main as calibrate_main
+
+    src, _ = fp32_export
+    path = tmp_path / "copy.onnx"
+    path.write_bytes(src.read_bytes())
+    model = onnx.load(str(path))
+    meta = json.loads(model.metadata_props[0].value)
+    meta.pop("temperature", None)
+    meta["extra"].pop("calibration")
+    model.metadata_props[0].value = json.dumps(meta)  # as if exported before calibration
+    onnx.save(model, str(path))
+    graph = onnx.load(str(path)).graph.SerializeToString()
+    assert Classifier(path).info.temperature == 1.0
+
+    assert calibrate_main([str(path), "--data", str(data3), "--threads", "1"]) == 0
+    assert "not written" in capsys.readouterr().out
+    assert Classifier(path).info.temperature == 1.0  # without --write nothing changes
+
+    assert calibrate_main([str(path), "--data", str(data3), "--threads", "1", "--write", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert onnx.load(str(path)).graph.SerializeToString() == graph
+    info = Classifier(path).info
+    assert info.temperature == printed["temperature"] and info.extra["calibration"]["ece_after"] == printed["ece_after"]
+    assert info.labels == CLASSES3 and info.extra["checkpoint_sha256"]  # the rest of the metadata kept
+
+
+@pytest.mark.parametrize("content", ["text", "no-metadata"])
+def test_calibrate_stamp_refuses_files_that_are_not_fer_edge_models(content, data3, tmp_path, capsys,
+                                                                  make_model):
+    from export.calibrate import main as calibrate_main
+
+    if content == "text":
+        path = tmp_path / "notes.onnx"
+        path.write_text("not a model")
+    else:
+        path = make_model(tmp_path, CLASSES3, metadata=False, name="plain.onnx")
+    before = path.read_bytes()
+    assert calibrate_main([str(path), "--data", str(data3), "--write"]) == 1
+    err = capsys.readouterr().err
+    assert path.name in err and ("no 'fer_edge' metadata" in err or "not a loadable ONNX model" in err)
+    assert path.read_bytes() == before

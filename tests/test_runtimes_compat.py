@@ -1,10 +1,12 @@
-"""The shipped models in other ONNX runtimes (OpenCV DNN, OpenVINO) and export.portable.
+"""The shipped models and the face detector in other ONNX runtimes (OpenCV DNN,
+OpenVINO), and export.portable.
 
 Each runtime's tests skip, saying what to install, when its package is absent.
 With the FER-2013 val data they compare with ONNX Runtime on real faces (a
 class-balanced subset, to keep the 2-core CI short; benchmarks.runtimes_compat
 does all of val), else on random images with looser agreement (noise gives
-many near-ties).
+many near-ties). The face detector must find the same faces on photos/ in
+each runtime, fed fer_edge's own input tensors and decoded by fer_edge.
 """
 
 from __future__ import annotations
@@ -12,21 +14,36 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnx
 import pytest
 
 from benchmarks.runtimes_compat import (
+    DEFAULT_DETECTOR,
+    SAME_FACE_IOU,
+    DetectorRun,
+    RuntimeBlazeFace,
     RuntimeLoadError,
+    box_iou,
+    detect_all,
+    detector_images,
+    faces_iou,
     fault_operator,
+    measure_detector,
+    opencv_detector,
     opencv_predict,
+    openvino_detector,
     openvino_predict,
+    ort_detector,
     ort_predict,
     run_all,
 )
 from export.portable import NotApplicable, dequantize_qdq, unfold_flip_tta
 from export.portable import main as portable_main
+from fer_edge.blazeface import BlazeFace
+from fer_edge.detector import FaceBox
 from fer_edge.metadata import METADATA_KEY, ModelInfo
 
 REPO = Path(__file__).resolve().parents[1]
@@ -159,3 +176,73 @@ def test_openvino_f32_runs_the_shipped_models_like_onnx_runtime(name, atol, min_
     diff, agree = _compare(reference, run_all(openvino_predict(path, 2, "f32"), x))
     # int8 kernels round differently from ONNX Runtime's; fp32 must agree to float noise.
     assert diff <= atol and agree >= (min_agree if real else min(min_agree, 0.9))
+
+
+# --- the face detector (BlazeFace) --------------------------------------------
+
+@pytest.fixture(scope="module")
+def photo_faces() -> tuple[dict, dict, list]:
+    """photos/, fer_edge's BlazeFace faces on them, and its model calls (ONNX Runtime)."""
+    images = detector_images(samples=False)
+    recorder = RuntimeBlazeFace(ort_detector(DEFAULT_DETECTOR, 2))
+    return images, detect_all(recorder, images), recorder.calls
+
+
+def _assert_same_faces(make: Callable[[], DetectorRun], photo_faces, score_atol: float | None,
+                       box_atol: float | None) -> None:
+    """The runtime's raw outputs, through fer_edge's decoding and NMS, give ONNX Runtime's faces."""
+    images, want, reference = photo_faces
+    detector = RuntimeBlazeFace(make())
+    got = detect_all(detector, images)
+    for name in images:
+        iou = faces_iou(want[name], got[name])
+        assert iou is not None and iou >= SAME_FACE_IOU, (name, want[name], got[name])
+    assert len(detector.calls) == len(reference)
+    for (x, regressors, scores), (x_ref, regressors_ref, scores_ref) in zip(detector.calls, reference):
+        assert np.array_equal(x, x_ref)  # fer_edge's own preprocessing: the very same tensor
+        if score_atol is not None:
+            assert np.abs(scores - scores_ref).max() <= score_atol
+        if box_atol is not None:
+            assert np.abs(regressors - regressors_ref).max() <= box_atol
+
+
+def test_detector_harness_changes_nothing_in_onnx_runtime(photo_faces):
+    images, want, _ = photo_faces
+    shipped = BlazeFace(providers="cpu", threads=2)
+    assert {name: shipped.detect(image) for name, image in images.items()} == want
+    # astronaut.jpg and camera.jpg have a face, chelsea.jpg none: there is something to compare.
+    assert len(want["photos/astronaut.jpg"]) == len(want["photos/camera.jpg"]) == 1
+    assert want["photos/chelsea.jpg"] == []
+
+
+def test_faces_iou_pairs_faces_and_counts_them():
+    a, b = FaceBox(0, 0, 100, 100), FaceBox(300, 0, 50, 50)
+    assert faces_iou([a, b], [b, FaceBox(1, 0, 100, 100)]) == pytest.approx(99 / 101)
+    assert faces_iou([a], [a, b]) is None
+    assert faces_iou([], []) == 1.0
+    assert box_iou(a, b) == 0.0
+
+
+def test_a_detector_runtime_that_fails_gives_a_status_row(photo_faces):
+    images, want, reference = photo_faces
+
+    def fails() -> DetectorRun:
+        raise RuntimeLoadError("Fake 1.0 cannot run blazeface_full_range.onnx (operator Resize): no")
+
+    row = measure_detector("Fake 1.0", "shipped", fails, DEFAULT_DETECTOR, images, want, reference, 0.0)
+    assert not row.loaded and "operator Resize" in row.error and row.same_faces is None
+
+
+def test_opencv_runs_the_face_detector_like_onnx_runtime(photo_faces):
+    _cv2()
+    # Measured: 1.5e-5 (score logits) and 1.8e-4 (regressors, input pixels).
+    _assert_same_faces(lambda: opencv_detector(DEFAULT_DETECTOR, 2), photo_faces, 1e-3, 1e-2)
+
+
+@pytest.mark.parametrize("precision, score_atol, box_atol", [("f32", 1e-3, 1e-2), ("default", None, None)])
+def test_openvino_runs_the_face_detector_like_onnx_runtime(photo_faces, precision, score_atol, box_atol):
+    _openvino()
+    # The default precision is bf16 on CPUs that have it (raw diffs ~0.6 logit, ~6 px
+    # measured): only the faces must be the same there.
+    _assert_same_faces(lambda: openvino_detector(DEFAULT_DETECTOR, 2, precision), photo_faces,
+                       score_atol, box_atol)

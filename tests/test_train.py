@@ -18,7 +18,9 @@ from train.__main__ import main as train_main  # noqa: E402
 from train.config import TrainConfig, parse_classes  # noqa: E402
 from train.data import DataLayoutError, class_weights, load_split  # noqa: E402
 from train.metrics import summarize  # noqa: E402
+from train.mix import MixConfig, dominant_labels, mix_batch, mix_teacher_logits, mixed_loss  # noqa: E402
 from train.model import WeightsError, build_model, init_weights  # noqa: E402
+from train.teacher import kd_loss  # noqa: E402
 from train.trainer import Trainer, spec_of  # noqa: E402
 
 CLASSES = ["happy", "neutral", "sad"]
@@ -88,9 +90,10 @@ def test_tiny_run_writes_checkpoints_metrics_and_plots(tiny_data: Path, tmp_path
     assert not list(out.glob("*.tmp")), "atomic writes leave no temp files"
 
 
+@pytest.mark.parametrize("mix", [{}, {"mixup": 0.4, "cutmix": 1.0, "mix_prob": 0.8}], ids=["plain", "mixed"])
 def test_resume_continues_exactly_where_a_killed_run_stopped(tiny_data: Path, tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    ref = Trainer(_cfg(tiny_data, tmp_path / "ref", epochs=2)).fit()
+                                                          monkeypatch: pytest.MonkeyPatch, mix: dict) -> None:
+    ref = Trainer(_cfg(tiny_data, tmp_path / "ref", epochs=2, **mix)).fit()
 
     calls = {"n": 0}
     real = Trainer.train_epoch
@@ -103,7 +106,7 @@ def test_resume_continues_exactly_where_a_killed_run_stopped(tiny_data: Path, tm
 
     monkeypatch.setattr(Trainer, "train_epoch", dies_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
-        Trainer(_cfg(tiny_data, tmp_path / "killed", epochs=2)).fit()
+        Trainer(_cfg(tiny_data, tmp_path / "killed", epochs=2, **mix)).fit()
     monkeypatch.setattr(Trainer, "train_epoch", real)
     assert checkpoint.load(tmp_path / "killed" / "last.pt")["epoch"] == 1
 
@@ -114,6 +117,12 @@ def test_resume_continues_exactly_where_a_killed_run_stopped(tiny_data: Path, tm
     for a, b in zip(ref["history"], result["history"]):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
         assert a["val_acc"] == pytest.approx(b["val_acc"])
+    # The mixing settings come back from the checkpoint, and lambda, partner and box
+    # are drawn from the checkpointed generator: the weights end up the same.
+    assert resumed.cfg.mix_config() == _cfg(tiny_data, tmp_path, **mix).mix_config()
+    ref_w = checkpoint.load(tmp_path / "ref" / "last.pt")["model"]
+    got_w = checkpoint.load(tmp_path / "killed" / "last.pt")["model"]
+    assert all(torch.equal(ref_w[k], got_w[k]) for k in ref_w)
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tiny_data: Path, tmp_path: Path) -> None:
@@ -221,3 +230,167 @@ def test_checkpoint_as_initial_weights_keeps_backbone(tiny_data: Path, tmp_path:
     init_weights(m, str(tmp_path / "a" / "best.pt"), ["happy", "sad"])  # other classes: head dropped
     assert torch.equal(m.state_dict()["features.0.0.weight"], src["features.0.0.weight"])
     assert m.classifier[1].out_features == 2
+
+
+# ---- mixup / CutMix (train.mix) -------------------------------------------------
+
+
+def _mixed_with(cfg: MixConfig, x: torch.Tensor, mode: str, seeds: int = 200):
+    """The first draw (over seeds) that mixed the batch with ``mode``, and how many seeds mixed it at all."""
+    found, n_mixed = None, 0
+    for seed in range(seeds):
+        m = mix_batch(x, cfg, torch.Generator().manual_seed(seed))
+        n_mixed += m.mixed
+        if found is None and m.mode == mode:
+            found = m
+    assert found is not None, f"no {mode} batch in {seeds} seeds"
+    return found, n_mixed
+
+
+def test_mixup_is_a_convex_combination_with_the_reported_lambda() -> None:
+    x = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(0))  # odd: the middle pairs with itself
+    before = x.clone()
+    lams = set()
+    for seed in range(20):
+        m = mix_batch(x, MixConfig(mixup=0.4), torch.Generator().manual_seed(seed))
+        assert m.mode == "mixup" and 0.0 <= m.lam <= 1.0 and m.box is None
+        assert torch.allclose(m.x, m.lam * x + (1 - m.lam) * x.flip(0), atol=1e-6)
+        assert torch.all(m.x >= torch.minimum(x, x.flip(0)) - 1e-6)
+        assert torch.all(m.x <= torch.maximum(x, x.flip(0)) + 1e-6)
+        lams.add(m.lam)
+    assert len(lams) == 20, "lambda is drawn afresh per batch"
+    assert torch.equal(x, before), "the input batch is not modified"
+
+
+@pytest.mark.parametrize("h,w", [(32, 32), (7, 11)])
+def test_cutmix_lambda_is_the_real_pasted_area_share(h: int, w: int) -> None:
+    b = 6
+    # Image i is the constant i: a pixel that changed came from the partner b-1-i.
+    x = torch.arange(b, dtype=torch.float32).view(b, 1, 1, 1).expand(b, 1, h, w).contiguous()
+    shares = []
+    for seed in range(50):
+        m = mix_batch(x, MixConfig(cutmix=1.0), torch.Generator().manual_seed(seed))
+        assert m.mode == "cutmix"
+        changed = m.x != x
+        assert torch.all(m.x[changed] == x.flip(0)[changed]), "pasted pixels come from the flipped batch"
+        share = int(changed[0].sum()) / (h * w)
+        assert torch.equal(changed, changed[:1].expand_as(changed)), "one box for the whole batch"
+        assert m.lam == pytest.approx(1.0 - share, abs=1e-12)
+        y0, y1, x0, x1 = m.box
+        assert (y1 - y0) * (x1 - x0) == int(changed[0].sum())
+        shares.append(share)
+    assert 0 <= min(shares) < max(shares) < 1  # an empty box (rounded down to 0) is possible, as in timm
+
+
+def test_mix_options_choose_the_method_and_the_rate() -> None:
+    x = torch.rand(4, 1, 8, 8)
+    both = dict(mixup=0.4, cutmix=1.0)
+    assert _mixed_with(MixConfig(**both, cutmix_share=1.0), x, "cutmix", 30)[1] == 30
+    with pytest.raises(AssertionError, match="no cutmix"):
+        _mixed_with(MixConfig(**both, cutmix_share=0.0), x, "cutmix", 30)
+    _mixed_with(MixConfig(**both), x, "mixup")
+    _mixed_with(MixConfig(**both), x, "cutmix")
+    n_mixed = _mixed_with(MixConfig(**both, prob=0.25), x, "mixup", 400)[1]
+    assert 60 < n_mixed < 140  # about 100 of 400 batches
+
+
+@pytest.mark.parametrize("cfg", [MixConfig(), MixConfig(mixup=0.4, cutmix=1.0, prob=0.0)], ids=["default", "prob0"])
+def test_mixing_off_changes_nothing(cfg: MixConfig) -> None:
+    assert TrainConfig().mix_config() == MixConfig() and not MixConfig().enabled
+    x = torch.rand(6, 1, 8, 8)
+    g = torch.Generator().manual_seed(3)
+    state = g.get_state()
+    m = mix_batch(x, cfg, g)
+    assert m.x is x and m.lam == 1.0 and not m.mixed
+    assert torch.equal(g.get_state(), state), "no random number drawn: later augmentation unchanged"
+    logits, y = torch.randn(6, 3), torch.tensor([0, 1, 2, 2, 1, 0])
+    criterion = torch.nn.CrossEntropyLoss(weight=torch.tensor([0.5, 1.0, 1.5]), label_smoothing=0.1)
+    assert torch.equal(mixed_loss(criterion, logits, y, m), criterion(logits, y))
+    assert dominant_labels(y, m) is y
+    assert mix_teacher_logits(logits, m, 2.0) is logits
+
+
+def test_trainer_batches_without_mixing_are_todays(tiny_data: Path, tmp_path: Path) -> None:
+    """What the network sees with the options off: today's permutation + augmentation, draw for draw."""
+    from train.augment import AugmentConfig, augment, to_input
+
+    trainer = Trainer(_cfg(tiny_data, tmp_path / "run", ema_decay=0))
+    seen: list[torch.Tensor] = []
+    trainer.model.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().clone()))
+    trainer.train_epoch()
+    g = torch.Generator().manual_seed(trainer.cfg.seed)
+    order = torch.randperm(len(trainer.train_set), generator=g)
+    images = torch.from_numpy(trainer.train_set.images)
+    bs = trainer.cfg.batch_size
+    assert len(seen) == trainer.steps_per_epoch == 3
+    for i, got in enumerate(seen):
+        x01 = augment(images[order[i * bs:(i + 1) * bs]].unsqueeze(1).float().div_(255.0), AugmentConfig(), g)
+        assert torch.equal(got, to_input(x01, trainer.spec))
+    assert torch.equal(trainer.gen.get_state(), g.get_state())
+
+
+def test_mixed_loss_weights_each_label_by_its_own_class_weight() -> None:
+    logits = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 0, 0, 1, 2, 1])
+    w = torch.tensor([0.5, 1.2, 1.3])
+    criterion = torch.nn.CrossEntropyLoss(weight=w, label_smoothing=0.1)
+    m = mix_batch(torch.rand(6, 1, 4, 4), MixConfig(mixup=0.4), torch.Generator().manual_seed(1))
+    # Per sample: its own label's weighted, smoothed CE times lam, its partner's times 1 - lam;
+    # torch's weighted mean divides by the batch's summed label weights (equal for y and y.flip(0)).
+    per = dict(reduction="none", weight=w, label_smoothing=0.1)
+    own = torch.nn.functional.cross_entropy(logits, y, **per)
+    other = torch.nn.functional.cross_entropy(logits, y.flip(0), **per)
+    expected = (m.lam * own + (1 - m.lam) * other).sum() / w[y].sum()
+    assert mixed_loss(criterion, logits, y, m).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert torch.equal(dominant_labels(y, m), y if m.lam >= 0.5 else y.flip(0))
+
+
+def test_cached_teacher_targets_are_mixed_with_the_same_lambda() -> None:
+    t, temp = torch.randn(4, 3, generator=torch.Generator().manual_seed(0)), 2.0
+    m = mix_batch(torch.rand(4, 1, 8, 8), MixConfig(cutmix=1.0), torch.Generator().manual_seed(2))
+    q = m.lam * torch.softmax(t / temp, 1) + (1 - m.lam) * torch.softmax(t.flip(0) / temp, 1)
+    mixed_t = mix_teacher_logits(t, m, temp)
+    assert torch.allclose(torch.softmax(mixed_t / temp, 1), q, atol=1e-6)
+    student = torch.randn(4, 3)
+    log_p = torch.log_softmax(student / temp, 1)
+    expected = (q * (q.log() - log_p)).sum(1).mean() * temp**2
+    assert kd_loss(student, mixed_t, temp).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_cli_run_with_mixup_and_cutmix(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "run"
+    args = ["--data", str(tiny_data), "--out", str(out), "--weights", "none", "--input-size", "32",
+            "--epochs", "1", "--batch-size", "4", "--threads", "1", "--limit-per-class", "4",
+            "--mixup", "0.4", "--cutmix", "1.0", "--mix-prob", "0.9", "--cutmix-share", "0.6"]
+    assert train_main(args) == 0
+    err = capsys.readouterr().err
+    assert "mixing 90% of batches: mixup alpha 0.4 or CutMix alpha 1.0, CutMix for 60%" in err
+    assert "acc (dominant label)" in err
+    cfg = TrainConfig.from_dict(checkpoint.load(out / "last.pt")["config"])
+    assert (cfg.mixup, cfg.cutmix, cfg.mix_prob, cfg.cutmix_share) == (0.4, 1.0, 0.9, 0.6)
+    assert json.loads((out / "metrics.json").read_text())["val"]["n"] == 12
+
+
+def test_old_checkpoint_config_without_mix_fields_means_off() -> None:
+    d = TrainConfig().to_dict()
+    for k in ("mixup", "cutmix", "mix_prob", "cutmix_share"):
+        del d[k]
+    assert not TrainConfig.from_dict(d).mix_config().enabled
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--mixup", "-0.2", "--mixup -0.2: must be a finite alpha >= 0"),
+    ("--cutmix", "nan", "--cutmix nan: must be a finite alpha >= 0"),
+    ("--mix-prob", "1.5", "--mix-prob 1.5: must be a probability between 0 and 1"),
+    ("--cutmix-share", "-0.1", "--cutmix-share -0.1: must be a probability between 0 and 1"),
+])
+def test_bad_mix_values_are_refused_before_any_data(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                    flag: str, value: str, message: str) -> None:
+    missing = tmp_path / "no-data"  # never looked at: the value is refused first
+    assert train_main(["--data", str(missing), "--out", str(tmp_path / "o"), "--weights", "none",
+                       flag, value]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "no-data" not in err
+    field = flag[2:].replace("-", "_")
+    with pytest.raises(ValueError, match=message.replace("+", r"\+")):
+        Trainer(_cfg(missing, tmp_path / "o", **{field: float(value)}))

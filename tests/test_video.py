@@ -11,23 +11,28 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from fer_edge.annotate import annotate
+from fer_edge.results import FaceResult, Prediction
 from fer_edge.timeline import Timeline, TrackSummary, draw_timeline
-from fer_edge.tracking import EmaSmoother, IouTracker, iou
+from fer_edge.tracking import BoxMotion, EmaSmoother, IouTracker, iou
 
 av = pytest.importorskip("av", reason="video tests need PyAV: pip install 'fer-edge[video]'")
 
 from fer_edge import Classifier  # noqa: E402  (after the skip: nothing to test without PyAV)
 from fer_edge.cli import cli  # noqa: E402
 from fer_edge.errors import DependencyError  # noqa: E402
-from fer_edge.video import VideoError, require_av  # noqa: E402
-from fer_edge.video_cli import _live_stop  # noqa: E402
+from fer_edge.video import TrackedFace, VideoError, VideoSource, require_av  # noqa: E402
+from fer_edge.video_cli import VideoOptions, _live_stop, check_usage  # noqa: E402
+from fer_edge.video_output import _Labelled  # noqa: E402
 
 W, H, N, RATE = 192, 128, 24, 12
 
@@ -100,6 +105,22 @@ def test_ema_smoother_damps_one_frame_flicker_and_forgets():
         EmaSmoother(alpha=0)
 
 
+def test_box_motion_carries_a_box_by_its_velocity_in_time():
+    m = BoxMotion(alpha=0.5)
+    assert m.offset(1, 3.0) == (0.0, 0.0)  # never seen
+    m.observe(1, (0, 0, 10, 10), 0.0)
+    assert m.offset(1, 1.0) == (0.0, 0.0)  # seen once: no velocity yet
+    m.observe(1, (20, 10, 10, 10), 1.0)  # 20 px/s right, 10 down; first velocity taken whole
+    assert m.offset(1, 1.5) == (pytest.approx(5.0), pytest.approx(2.5))
+    m.observe(1, (20, 10, 10, 10), 2.0)  # stopped: the average halves the velocity
+    assert m.offset(1, 3.0) == (pytest.approx(5.0), pytest.approx(2.5))
+    assert m.offset(1, 1.0) == (0.0, 0.0)  # never backwards in time
+    m.forget([1])
+    assert m.offset(1, 3.0) == (0.0, 0.0)
+    with pytest.raises(ValueError):
+        BoxMotion(alpha=0)
+
+
 def test_timeline_memory_is_bounded_and_keeps_the_mean():
     tl = Timeline(["a", "b"], max_points=8)
     for i in range(100):
@@ -138,6 +159,147 @@ def test_faces_moving_smoothly_keep_one_track_each(clf, video):
     assert frames == N
     assert [set(seen[0]), set(seen[1])] == [{1}, {2}]
     assert analysis.stats.tracks == 2 and analysis.stats.dropped == 0
+
+
+class _CountingDetector:
+    """The shipped detector, counting the frames it is asked to look at."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.frames: list[tuple[int, int]] = []
+
+    def detect(self, image):
+        self.frames.append(image.size)
+        return self.inner.detect(image)
+
+
+@pytest.fixture
+def counting(clf) -> tuple[Classifier, _CountingDetector]:
+    detector = _CountingDetector(clf.detector)
+    return Classifier("fast", threads=1, detector=detector), detector
+
+
+def test_detect_every_2_detects_half_the_frames_and_keeps_one_track_each(counting, video):
+    clf2, detector = counting
+    seen: dict[int, list[int]] = {}
+    boxes: dict[int, list[tuple[int, tuple[int, int, int, int]]]] = {}
+    with clf2.analyze_video(video, detect_every=2) as analysis:
+        results = list(analysis)
+    assert len(results) == N and len(detector.frames) == N // 2
+    for result in results:
+        assert len(result.faces) == 2, f"frame {result.frame}: {len(result.faces)} faces"
+        assert result.detected == (result.frame % 2 == 0)
+        for position, face in enumerate(sorted(result.faces, key=lambda f: f.box[0])):
+            seen.setdefault(position, []).append(face.track)
+            boxes.setdefault(position, []).append((result.frame, face.box))
+            assert face.detected == result.detected
+            assert (face.detection_score is None) == (not face.detected)
+            # Whole records on every frame: the same fields, a classified expression.
+            record = result.records("v.mp4")[0].to_record() if position == 0 else None
+            if record is not None:
+                assert set(record) == {"path", "frame", "time_s", "track", "detected", "box",
+                                       "detection_score", "label", "score", "probabilities"}
+                assert record["detected"] is result.detected
+                assert sum(record["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert [set(seen[0]), set(seen[1])] == [{1}, {2}]
+    # A carried box sits between the detections around it (the faces move ~1 px per frame).
+    for track in boxes.values():
+        for (_, before), (_, carried), (_, after) in zip(track[0::2], track[1::2], track[2::2]):
+            for k in (0, 1):
+                assert min(before[k], after[k]) - 2 <= carried[k] <= max(before[k], after[k]) + 2
+    s = analysis.stats
+    assert (s.analysed, s.detections, s.carried, s.faces, s.tracks) == (N, N // 2, N, 2 * N, 2)
+
+
+def test_detect_every_counts_analysed_frames(counting, video):
+    clf2, detector = counting
+    with clf2.analyze_video(video, every=2, detect_every=3) as analysis:
+        detected = [r.frame for r in analysis if r.detected]
+    # Analysed frames 0, 2, 4, ...; the detector runs on every third of them.
+    assert detected == list(range(0, N, 6)) and len(detector.frames) == len(detected)
+    assert analysis.stats.analysed == N // 2
+
+
+class _SlowDetector(_CountingDetector):
+    """The counting detector, made slower than decoding (30 ms a frame; decoding takes ~1)."""
+
+    def detect(self, image):
+        time.sleep(0.03)
+        return super().detect(image)
+
+
+@pytest.fixture
+def slow(clf) -> tuple[Classifier, _SlowDetector]:
+    detector = _SlowDetector(clf.detector)
+    return Classifier("fast", threads=1, detector=detector), detector
+
+
+@pytest.fixture
+def live(monkeypatch) -> None:
+    """Open every source as a live one (no camera here): the test video, decoded at full speed."""
+    monkeypatch.setattr(VideoSource, "parse",
+                        classmethod(lambda cls, source: VideoSource(os.fspath(source), "camera 9", True)))
+
+
+def test_live_source_drops_frames_when_inference_falls_behind(slow, video, live):
+    """A live source keeps only the newest frame: every decoded frame is analysed or counted
+    dropped, the detector sees only the analysed ones, in order, and the last frame is kept.
+    Inference at 30 ms a frame (below the old 0.1 s wait) must not pace the decoder."""
+    clf2, detector = slow
+    with clf2.analyze_video(video) as analysis:
+        results = list(analysis)
+    s = analysis.stats
+    assert analysis.info.live and s.decoded == N
+    assert s.dropped > 0 and s.analysed + s.dropped == s.decoded
+    assert len(results) == s.analysed == len(detector.frames)
+    frames = [r.frame for r in results]
+    assert frames == sorted(set(frames)) and frames[-1] == N - 1
+    assert [round(r.time_s * RATE) for r in results] == frames
+    assert all(r.analysed and len(r.faces) == 2 for r in results)
+
+
+def test_file_never_drops_frames_however_slow_inference_is(slow, video):
+    """The same slow inference on a file: the decoder waits, every frame is analysed."""
+    clf2, detector = slow
+    with clf2.analyze_video(video) as analysis:
+        frames = [r.frame for r in analysis]
+    s = analysis.stats
+    assert frames == list(range(N)) and len(detector.frames) == N
+    assert (s.decoded, s.analysed, s.dropped) == (N, N, 0)
+
+
+def test_cli_reports_the_frames_a_live_source_dropped(slow, video, live, monkeypatch):
+    """``fer-edge video`` on a live source that falls behind: exit 0, one stderr line with the
+    dropped count, and the frames in the records plus the dropped ones make every frame."""
+    monkeypatch.setattr("fer_edge.video_cli._load_classifier", lambda model: slow[0])
+    r = _run(str(video), "--format", "csv")
+    assert r.exit_code == 0, r.output
+    (line,) = [x for x in r.stderr.splitlines() if "dropped" in x]
+    assert line.startswith("fer-edge: camera 9: ") and line.endswith(
+        " frames dropped because analysis fell behind the live source")
+    dropped = int(line.split(": ")[2].split()[0])
+    frames = {row.split(",")[1] for row in r.stdout.splitlines()[1:]}
+    assert dropped > 0 and len(frames) + dropped == N
+
+
+def test_detect_every_must_be_a_whole_number_from_1(clf, video):
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="detect_every must be an int >= 1"):
+            clf.analyze_video(video, detect_every=bad)
+    r = _run(str(video), "--detect-every", "0")
+    assert r.exit_code == 2 and "'--detect-every'" in r.output and ">=1" in r.output
+    opts = VideoOptions("csv", None, False, 1, None, None, None, None, None, None, None, 0)
+    with pytest.raises(click.BadParameter, match="N>=1"):
+        check_usage(str(video), None, opts)
+
+
+def test_annotated_box_colour_follows_the_label_not_the_track():
+    face = FaceResult((10, 10, 40, 40), 0.9, Prediction("happy", 0.8, {"happy": 0.8}))
+    tracked = [TrackedFace(face.box, 0.9, face.prediction, track) for track in (1, 2)]
+    images = [annotate(Image.new("RGB", (64, 64), "white"), [_Labelled(f)]) for f in tracked]
+    plain = annotate(Image.new("RGB", (64, 64), "white"), [face])
+    assert images[0].getpixel((10, 30)) == images[1].getpixel((10, 30)) == plain.getpixel((10, 30))
+    assert plain.getpixel((10, 30)) != (255, 255, 255)
 
 
 def test_analyze_video_is_lazy_and_times_are_frame_times(clf, video):
@@ -192,7 +354,9 @@ def test_cli_jsonl_records_summary_timeline(tmp_path, video):
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(records) == 2 * (N // 2)
     first = records[0]
-    assert {"path", "frame", "time_s", "track", "box", "label", "score", "probabilities"} <= set(first)
+    assert {"path", "frame", "time_s", "track", "detected", "box", "label", "score",
+            "probabilities"} <= set(first)
+    assert all(rec["detected"] is True for rec in records)
     assert {rec["frame"] for rec in records} == set(range(0, N, 2))
     assert {rec["track"] for rec in records} == {1, 2}
     rows = summary.read_text().splitlines()
@@ -205,8 +369,16 @@ def test_cli_csv_and_table_reuse_the_writers(tmp_path, video):
     r = _run(str(video), "--format", "csv", "--end", "0.25")
     assert r.exit_code == 0, r.output
     lines = r.stdout.splitlines()
-    assert lines[0].startswith("path,frame,time_s,track,x,y,w,h,detection_score,label,score,prob_")
+    assert lines[0].startswith("path,frame,time_s,track,detected,x,y,w,h,detection_score,label,"
+                               "score,prob_")
     assert len(lines) == 1 + 2 * 3
+    r = _run(str(video), "--format", "csv", "--end", "0.25", "--detect-every", "2")
+    assert r.exit_code == 0, r.output
+    rows = [line.split(",") for line in r.stdout.splitlines()[1:]]
+    assert [(row[1], row[4]) for row in rows] == [("0", "1")] * 2 + [("1", "0")] * 2 + [("2", "1")] * 2
+    assert all(row[9] == "" for row in rows if row[4] == "0")  # no detection score when carried
+    r = _run(str(video), "--end", "0.1", "--detect-every", "2")
+    assert r.exit_code == 0 and r.stdout.count("(carried)") == 2
     r = _run(str(video), "--end", "0.1")
     assert r.exit_code == 0 and r.stdout.splitlines()[0].split()[:3] == ["frame", "time_s", "track"]
 

@@ -154,7 +154,7 @@ def _run_page(tmp_path: Path, driver: str, timeout: float = 180) -> dict:
 
 
 def _python_probs(image: Image.Image) -> np.ndarray:
-    """What fer_edge computes: its own preprocessing, ONNX Runtime, softmax."""
+    """What fer_edge computes: its own preprocessing, ONNX Runtime, softmax at the model's temperature."""
     import onnxruntime as ort
 
     from fer_edge.classifier import softmax
@@ -164,7 +164,7 @@ def _python_probs(image: Image.Image) -> np.ndarray:
     session = ort.InferenceSession(str(FAST), providers=["CPUExecutionProvider"])
     info = ModelInfo.from_props(session.get_modelmeta().custom_metadata_map)
     x = preprocess(image, info.preprocess)[None]
-    return softmax(session.run(None, {session.get_inputs()[0].name: x})[0])[0]
+    return softmax(session.run(None, {session.get_inputs()[0].name: x})[0], info.temperature)[0]
 
 
 def _face(tmp: Path) -> Image.Image:
@@ -263,14 +263,17 @@ FACE_DRIVER = """
       report.results.push(item);
     }
     // The detector's input images (each pass resized from the previous one, RGB).
-    const px = await FerEdge.decodeToRgba(await (await fetch(%(group)s)).blob());
-    let scaled = FerFaces.rgbaToRgb(px.rgba, px.width, px.height);
-    let dims = [px.width, px.height];
-    report.passes = [];
-    for (const p of FerFaces.passes(px.width, px.height).sort((a, b) => b.scale - a.scale)) {
-      scaled = FerEdge.resizePillow(scaled, dims[0], dims[1], p.size[0], p.size[1], 3);
-      dims = p.size;
-      report.passes.push({size: p.size, input: [p.inputW, p.inputH], pad: p.pad, pixels: Array.from(scaled)});
+    report.passes = {};
+    for (const url of %(passImages)s) {
+      const px = await FerEdge.decodeToRgba(await (await fetch(url)).blob());
+      let scaled = FerFaces.rgbaToRgb(px.rgba, px.width, px.height);
+      let dims = [px.width, px.height];
+      report.passes[url] = [];
+      for (const [i, p] of FerFaces.passes(px.width, px.height).sort((a, b) => b.scale - a.scale).entries()) {
+        scaled = FerFaces.resizeForPass(scaled, dims, p.size, i === 0);
+        dims = p.size;
+        report.passes[url].push({size: p.size, input: [p.inputW, p.inputH], pad: p.pad, pixels: Array.from(scaled)});
+      }
     }
     report.timing = {};
     for (const c of %(timed)s) {
@@ -319,8 +322,14 @@ def test_browser_faces_match_python(tmp_path: Path) -> None:
     # PNGs are decoded identically by Pillow and the browser; the photos/ JPEGs
     # are checked as they are (both sides use libjpeg-turbo).
     Image.fromarray(data.astronaut()).save(tmp_path / "astronaut.png")
-    _group_photo().save(tmp_path / "group.png")
-    files = {"astronaut.png (skimage)": tmp_path / "astronaut.png", "group.png": tmp_path / "group.png"}
+    group_photo = _group_photo()
+    group_photo.save(tmp_path / "group.png")
+    # Larger, odd-sized copies: the first pass reduce()s them by 2 and by 3
+    # (REDUCING_GAP), with a partial last row and column, before the filter.
+    group_photo.resize((1301, 1143), Image.Resampling.BICUBIC).save(tmp_path / "group-large.png")
+    group_photo.resize((1999, 1331), Image.Resampling.BICUBIC).save(tmp_path / "group-wide.png")
+    files = {"astronaut.png (skimage)": tmp_path / "astronaut.png", "group.png": tmp_path / "group.png",
+             "group-large.png": tmp_path / "group-large.png"}
     for f in sorted((REPO / "photos").iterdir()):
         if f.suffix in (".jpg", ".png"):
             files[f"photos/{f.name}"] = f
@@ -339,25 +348,31 @@ def test_browser_faces_match_python(tmp_path: Path) -> None:
             {"x": b.x, "y": b.y, "w": b.w, "h": b.h,
              "landmarks": [{"name": lm.name, "x": lm.x, "y": lm.y} for lm in b.landmarks]} for b in boxes]})
     # The test must see what it claims to: several faces, a rotated crop, a face-free photo.
-    assert len(want["group.png"]["boxes"]) == 3
+    assert len(want["group.png"]["boxes"]) == len(want["group-large.png"]["boxes"]) == 3
     assert any(abs(eye_angle(b)) >= 10 for b in want["group.png"]["boxes"])
     assert any(abs(eye_angle(b)) >= 10 for b in want["photos/camera.jpg"]["boxes"])  # a grey one
     assert want["photos/chelsea.jpg"]["boxes"] == []
     timed = [c for c in cases if c["name"] in ("astronaut.png (skimage)", "group.png")]
-    driver = FACE_DRIVER % {"cases": json.dumps(cases), "group": json.dumps("/__tmp/group.png"),
+    pass_images = {"/__tmp/group.png": tmp_path / "group.png", "/__tmp/group-large.png": tmp_path / "group-large.png",
+                   "/__tmp/group-wide.png": tmp_path / "group-wide.png"}
+    driver = FACE_DRIVER % {"cases": json.dumps(cases), "passImages": json.dumps(list(pass_images)),
                             "timed": json.dumps(timed)}
     report = _run_page(tmp_path, driver, timeout=300)
 
-    # 1. The detector's input images are Pillow's, pixel for pixel.
-    group = want["group.png"]["image"]
-    passes = sorted(detector._passes(group.width, group.height), key=lambda q: -q.scale)
-    assert [p["size"] for p in report["passes"]] == [list(p.size) for p in passes]
-    scaled = group
-    for p, got in zip(passes, report["passes"]):
-        scaled = scaled.resize(p.size, Image.Resampling.BILINEAR)
-        assert got["input"] == [p.input_w, p.input_h] and got["pad"] == p.pad
-        assert np.array_equal(np.asarray(got["pixels"], dtype=np.uint8), np.asarray(scaled).ravel()), \
-            f"detector input {p.size}: the page's resize differs from Pillow's"
+    # 1. The detector's input images are Pillow's, pixel for pixel: the first
+    # pass with reducing_gap (reduce, then the filter), the others from the previous one.
+    from fer_edge.blazeface import REDUCING_GAP
+
+    for url, path in pass_images.items():
+        image = load_image(path)
+        passes = sorted(detector._passes(image.width, image.height), key=lambda q: -q.scale)
+        assert [p["size"] for p in report["passes"][url]] == [list(p.size) for p in passes]
+        scaled = image
+        for i, (p, got) in enumerate(zip(passes, report["passes"][url])):
+            scaled = scaled.resize(p.size, Image.Resampling.BILINEAR, reducing_gap=REDUCING_GAP if i == 0 else None)
+            assert got["input"] == [p.input_w, p.input_h] and got["pad"] == p.pad
+            assert np.array_equal(np.asarray(got["pixels"], dtype=np.uint8), np.asarray(scaled).ravel()), \
+                f"{url}: detector input {p.size}: the page's resize differs from Pillow's"
 
     box_diff, score_diff, mark_diff, prob_diff = 0, 0.0, 0.0, 0.0
     for case, got in zip(cases, report["results"]):

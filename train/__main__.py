@@ -4,6 +4,7 @@ Example:
     python -m train --data ../shared/data/fer2013 --out runs/b0-96 --epochs 20
     python -m train --arch lite0 --teacher fer_edge/models/default.onnx --out runs/fast
     python -m train --out runs/b0-96 --resume      # continue a killed run
+    python -m train --mixup 0.2 --cutmix 1.0 --out runs/b0-96-mix   # mixup or CutMix per batch
     torchrun --nproc_per_node 4 -m train --out runs/b0-96   # 4 GPUs (or CPU processes)
 """
 
@@ -66,6 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kd-alpha", type=float, default=d.kd_alpha,
                    help="weight of the distillation term, 0..1 (default %(default)s)")
     p.add_argument("--kd-temperature", type=float, default=d.kd_temperature)
+    p.add_argument("--mixup", type=float, default=d.mixup, metavar="ALPHA",
+                   help="mixup: blend each image with another, lambda ~ Beta(ALPHA, ALPHA); "
+                        "0 = off (default %(default)s)")
+    p.add_argument("--cutmix", type=float, default=d.cutmix, metavar="ALPHA",
+                   help="CutMix: paste a box of another image over 1 - lambda of the area, "
+                        "lambda ~ Beta(ALPHA, ALPHA); 0 = off (default %(default)s)")
+    p.add_argument("--mix-prob", type=float, default=d.mix_prob, metavar="P",
+                   help="chance that a batch is mixed at all, 0..1 (default %(default)s)")
+    p.add_argument("--cutmix-share", type=float, default=d.cutmix_share, metavar="S",
+                   help="with --mixup and --cutmix both on: chance that a mixed batch uses CutMix "
+                        "rather than mixup, 0..1 (default %(default)s)")
     p.add_argument("--resume", action="store_true",
                    help="continue <out>/last.pt (with --epochs: re-plan the schedule to that length)")
     return p
@@ -92,7 +104,9 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
         raise ValueError(f"--kd-alpha {a.kd_alpha}: must be between 0 and 1")
     if a.kd_temperature <= 0:
         raise ValueError(f"--kd-temperature {a.kd_temperature}: must be positive")
-    return TrainConfig(**values)
+    cfg = TrainConfig(**values)
+    cfg.mix_config()  # a bad --mixup/--cutmix/--mix-prob/--cutmix-share stops here, before any data
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # train.mix imports torch; the config stays importable without it
+    from .mix import MixConfig
 
 FER2013_CLASSES = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
 DEFAULT_CLASSES = ("happy", "neutral", "sad")
@@ -66,8 +70,21 @@ class TrainConfig:
     teacher_mode: str = "online"  # online (each augmented batch) | cached (once per image)
     kd_alpha: float = 0.7
     kd_temperature: float = 2.0
+    # Mixup / CutMix (train.mix, timm's semantics): Beta(alpha, alpha) per method,
+    # 0 = off; off by default, which keeps the recipe in README unchanged.
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mix_prob: float = 1.0  # chance a batch is mixed at all
+    cutmix_share: float = 0.5  # with both on: chance a mixed batch uses CutMix
     mean: tuple[float, float, float] = HALF
     std: tuple[float, float, float] = HALF
+
+    def mix_config(self) -> MixConfig:
+        """The mixup/CutMix settings; raises ValueError naming the option for a bad value."""
+        from .mix import MixConfig
+
+        return MixConfig(mixup=self.mixup, cutmix=self.cutmix, prob=self.mix_prob,
+                         cutmix_share=self.cutmix_share)
 
     def to_dict(self) -> dict:
         """JSON-safe dict (stored in checkpoints; read back by export/)."""

@@ -23,6 +23,7 @@ from .augment import AugmentConfig, augment, to_input
 from .config import TrainConfig
 from .data import class_weights, load_split
 from .metrics import summarize
+from .mix import Mixed, dominant_labels, mix_batch, mix_teacher_logits, mixed_loss
 from .model import init_weights, model_for
 from .teacher import Teacher, kd_loss
 
@@ -143,6 +144,8 @@ class Trainer:
                 cfg.epochs = epochs
             _log(f"resuming {self.last_path} after epoch {state['epoch']}")
         self.cfg = cfg
+        # Checked before the data is loaded: a bad value costs no decoding time.
+        self.mix = cfg.mix_config()
         self.spec = spec_of(cfg)
         self.world = distributed.from_env()
         threads = distributed.cpu_threads(self.world, cfg.threads)
@@ -166,6 +169,8 @@ class Trainer:
                 f"batch {cfg.batch_size} each)" if self.world.distributed else ""))
 
         self.teacher, self.teacher_logits = self._load_teacher(cfg)
+        if self.mix.enabled:
+            _log(self._mix_description())
         self.model = model_for(cfg)
         if state is None:
             init_weights(self.model, cfg.weights, cfg.classes)
@@ -222,6 +227,14 @@ class Trainer:
         _log(f"distilling from {teacher}, cached ({time.time() - t0:.0f}s; teacher agrees with "
              f"{agree:.1%} of train labels; alpha {cfg.kd_alpha}, T {cfg.kd_temperature})")
         return teacher, torch.from_numpy(logits)
+
+    def _mix_description(self) -> str:
+        """One log line saying how batches are mixed (and how the cached teacher follows)."""
+        m = self.mix
+        methods = [f"{name} alpha {alpha}" for name, alpha in (("mixup", m.mixup), ("CutMix", m.cutmix)) if alpha]
+        share = f", CutMix for {m.cutmix_share:.0%} of mixed batches" if m.mixup and m.cutmix else ""
+        cached = "; cached teacher targets mixed with the same lambda" if self.teacher_logits is not None else ""
+        return f"mixing {m.prob:.0%} of batches: {' or '.join(methods)}{share}{cached}"
 
     # ---- state -------------------------------------------------------------
     def _restore(self, state: dict) -> None:
@@ -287,13 +300,17 @@ class Trainer:
         for i in _progress(batches, self.steps_per_epoch, f"epoch {self.epoch + 1}"):
             idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
             x01 = augment(images[idx].unsqueeze(1).float().div_(255.0), self.aug, self.gen)
+            # Mixed after augmentation, in [0, 1]: the online teacher then sees the
+            # mixed batch, and normalisation (affine) commutes with both methods.
+            mixed = mix_batch(x01, self.mix, self.gen)
+            x01 = mixed.x
             x = to_input(x01, self.spec)
-            target = self._teacher_targets(idx, x01)
+            target = self._teacher_targets(idx, x01, mixed)
             x = x.to(self.device).contiguous(memory_format=torch.channels_last)
             y = labels[idx].to(self.device)
             with torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
                 logits = self.net(x)
-                loss = self.criterion(logits.float(), y)
+                loss = mixed_loss(self.criterion, logits.float(), y, mixed)
                 if target is not None:
                     loss = (1 - cfg.kd_alpha) * loss + cfg.kd_alpha * kd_loss(
                         logits, target, cfg.kd_temperature)
@@ -305,17 +322,20 @@ class Trainer:
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
             total_loss += loss.item() * len(y)
-            correct += int((logits.argmax(1) == y).sum())
+            correct += int((logits.argmax(1) == dominant_labels(y, mixed)).sum())
             seen += len(y)
         # Over all processes' shards: the epoch's numbers, as with one process.
         total_loss, correct, seen = distributed.all_sum([total_loss, correct, seen], self.device)
         return total_loss / seen, correct / seen
 
-    def _teacher_targets(self, idx: torch.Tensor, x01: torch.Tensor) -> torch.Tensor | None:
+    def _teacher_targets(self, idx: torch.Tensor, x01: torch.Tensor, mixed: Mixed) -> torch.Tensor | None:
+        """Teacher logits for the batch: online on the (mixed) images, or cached and mixed alike."""
         if self.teacher is None:
             return None
         if self.teacher_logits is not None:
-            return self.teacher_logits[idx].to(self.device)
+            # Cached logits are of the clean images: mix their soft targets instead (train.mix).
+            cached = mix_teacher_logits(self.teacher_logits[idx], mixed, self.cfg.kd_temperature)
+            return cached.to(self.device)
         return self.teacher.logits_01(x01).to(self.device)
 
     def evaluate(self, model: nn.Module | None = None) -> tuple[dict, np.ndarray]:
@@ -353,7 +373,9 @@ class Trainer:
             # agree on `improved` and on early stopping without talking; rank 0 writes.
             if self.world.is_main:
                 self._save(improved, metrics)
-            _log(f"epoch {self.epoch}/{cfg.epochs} train loss {train_loss:.4f} acc {train_acc:.4f} | "
+            # With mixing, train accuracy is against each image's dominant label (lam >= 0.5).
+            acc_name = "acc (dominant label)" if self.mix.enabled else "acc"
+            _log(f"epoch {self.epoch}/{cfg.epochs} train loss {train_loss:.4f} {acc_name} {train_acc:.4f} | "
                  f"val loss {metrics['loss']:.4f} acc {metrics['accuracy']:.4f} "
                  f"macro-F1 {metrics['macro_f1']:.4f}{' *' if improved else ''} | "
                  f"{row['seconds']:.0f}s")

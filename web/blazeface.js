@@ -4,7 +4,8 @@
 //
 //   * detector input: the image resized with Pillow's BILINEAR (resizePillow
 //     in fer.js, RGB), the passes in the same order and sizes, each from the
-//     previous one, scaled to [-1, 1] in float32 and padded with -1;
+//     previous one, the first after Pillow's reduce() as reducing_gap does it
+//     (resizePillowReducing), scaled to [-1, 1] in float32 and padded with -1;
 //   * post-processing: the same anchors, decoding, score threshold and
 //     MediaPipe's weighted NMS, in float64 like numpy;
 //   * crop: the FER-2013 framing (FRAME_SCALE, FRAME_OFFSET_Y), border pixels
@@ -30,6 +31,7 @@
   const FINE_MIN_IMAGE_SIDE = 192;
   const MAX_UPSCALE = 2.0;
   const MAX_FINE_SIDE = 2048;
+  const REDUCING_GAP = 1.5;
   const LANDMARK_NAMES = ["right_eye", "left_eye", "nose_tip", "mouth_center",
                           "right_ear_tragion", "left_ear_tragion"];
   const N_POINTS = LANDMARK_NAMES.length;
@@ -96,6 +98,17 @@
                  inputH: roundUp(size[1], INPUT_MULTIPLE) });
     }
     return out;
+  }
+
+  /**
+   * _resize_for_pass: packed RGB resized to a pass's size as Pillow's BILINEAR,
+   * the first (largest) pass with reducing_gap=REDUCING_GAP (reduce, then the
+   * filter), later ones from the previous pass without (exported for the parity test).
+   */
+  function resizeForPass(rgb, size, outSize, first) {
+    const fer = global.FerEdge;
+    if (first) return fer.resizePillowReducing(rgb, size[0], size[1], outSize[0], outSize[1], 3, REDUCING_GAP);
+    return fer.resizePillow(rgb, size[0], size[1], outSize[0], outSize[1], 3);
   }
 
   /** IoU of boxes i and j of an (N, 16) float64 array. */
@@ -225,9 +238,10 @@
       const allScores = [];
       let ms = 0;
       // Largest pass first, each resized from the previous one (as Python does).
-      for (const p of passes(width, height).sort((a, b) => b.scale - a.scale)) {
+      const ordered = passes(width, height).sort((a, b) => b.scale - a.scale);
+      for (const [i, p] of ordered.entries()) {
         if (size[0] !== p.size[0] || size[1] !== p.size[1]) {
-          scaled = global.FerEdge.resizePillow(scaled, size[0], size[1], p.size[0], p.size[1], 3);
+          scaled = resizeForPass(scaled, size, p.size, i === 0);
           size = p.size;
         }
         const t0 = performance.now();
@@ -373,7 +387,7 @@
   }
 
   global.FerFaces = {
-    BlazeFace, passes, weightedNms, pyRound, rgbaToRgb, looksLikeFaceCrop, eyeAngle, faceFrame,
+    BlazeFace, passes, resizeForPass, weightedNms, pyRound, rgbaToRgb, looksLikeFaceCrop, eyeAngle, faceFrame,
     cropFaceGray, affineBilinear, MIN_SCORE,
   };
 })(typeof window !== "undefined" ? window : globalThis);

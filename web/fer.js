@@ -91,6 +91,13 @@
     const pre = info.preprocess;
     if (!Array.isArray(info.labels) || info.labels.length < 2) throw new Error("metadata has no labels");
     if (pre.color_mode !== "gray3") throw new Error(`colour mode ${pre.color_mode} is not supported here`);
+    // As fer_edge.metadata: optional, 1 when absent (files from before calibration);
+    // refused when present but unusable, rather than giving NaN probabilities later.
+    if (info.temperature === undefined) info.temperature = 1;
+    const t = info.temperature;
+    if (typeof t !== "number" || !Number.isFinite(t) || t <= 0) {
+      throw new Error(`invalid metadata: temperature must be a finite number > 0, got ${JSON.stringify(t)}`);
+    }
     return info;
   }
 
@@ -110,11 +117,13 @@
 
   /**
    * Pillow's precompute_coeffs for the bilinear filter, then its 8-bit
-   * normalisation to fixed point. Returns {bounds: Int32Array(2*out), kk, ksize}.
+   * normalisation to fixed point. `span` is the width of the source box
+   * (Image.resize's box, from 0): Pillow passes it to C as a float32, so it
+   * is rounded the same way here. Returns {bounds: Int32Array(2*out), kk, ksize}.
    */
-  function pillowCoeffs(inSize, outSize) {
+  function pillowCoeffs(inSize, outSize, span = inSize) {
     const support0 = 1.0; // bilinear
-    const scale = inSize / outSize;
+    const scale = Math.fround(span) / outSize;
     const filterscale = Math.max(scale, 1.0);
     const support = support0 * filterscale;
     const ksize = Math.ceil(support) * 2 + 1;
@@ -202,17 +211,78 @@
    * by more than twice what the width does: in_h > out_h and
    * in_h - out_h > 2 * (in_w - out_w). The rule was checked against Pillow 13
    * on 1,500 random square outputs (0 mismatches); older Pillow always goes
-   * horizontal first. tests/test_web.py compares RGB outputs too.
+   * horizontal first. tests/test_web.py compares RGB outputs too. `box`:
+   * the [width, height] of the source box (Image.resize's box from 0, 0),
+   * which resizePillowReducing sets to less than the whole reduced image.
    */
-  function resizePillow(src, width, height, outW, outH, ch = 1) {
-    if (width === outW && height === outH) return src;
-    const h = pillowCoeffs(width, outW);
-    const v = pillowCoeffs(height, outH);
-    if (width === outW) return passV(src, width, v, outH, ch);
-    if (height === outH) return passH(src, width, height, h, outW, ch);
+  function resizePillow(src, width, height, outW, outH, ch = 1, box = [width, height]) {
+    const [spanW, spanH] = box;
+    const fullW = spanW === width;
+    const fullH = spanH === height;
+    if (width === outW && height === outH && fullW && fullH) return src;
+    const h = pillowCoeffs(width, outW, spanW);
+    const v = pillowCoeffs(height, outH, spanH);
+    if (width === outW && fullW) return passV(src, width, v, outH, ch);
+    if (height === outH && fullH) return passH(src, width, height, h, outW, ch);
     const verticalFirst = height > outH && height - outH > 2 * (width - outW);
     if (verticalFirst) return passH(passV(src, width, v, outH, ch), width, outH, h, outW, ch);
     return passV(passH(src, width, height, h, outW, ch), outW, v, outH, ch);
+  }
+
+  /** Pillow's division_UINT32(n, 8): 2^32 / (256 n) in float32, truncated. */
+  function reduceMultiplier(n) {
+    return Math.trunc(Math.fround(4294967296 / (256 * n)));
+  }
+
+  /**
+   * Pillow's Image.reduce((fx, fy)) on 8-bit pixels (`ch` interleaved
+   * channels; libImaging/Reduce.c): each output pixel is the mean of an
+   * fx x fy block; when a side is not a multiple of its factor, the last
+   * column/row is the mean of the pixels left there (ceil(width / fx) outputs).
+   * The mean is rounded as C does it, ((sum + n / 2) * multiplier) >> 24,
+   * which is not always round(sum / n): the float32 multiplier decides.
+   */
+  function reducePillow(src, width, height, fx, fy, ch = 1) {
+    const outW = Math.ceil(width / fx);
+    const outH = Math.ceil(height / fy);
+    const out = new Uint8Array(outW * outH * ch);
+    const multipliers = new Float64Array(fx * fy + 1);
+    for (let n = 1; n <= fx * fy; n++) multipliers[n] = reduceMultiplier(n);
+    const sums = new Float64Array(ch);
+    for (let y = 0; y < outH; y++) {
+      const y0 = y * fy;
+      const y1 = Math.min(y0 + fy, height);
+      for (let x = 0; x < outW; x++) {
+        const x0 = x * fx;
+        const x1 = Math.min(x0 + fx, width);
+        const n = (y1 - y0) * (x1 - x0);
+        sums.fill(n >> 1);
+        for (let yy = y0; yy < y1; yy++) {
+          for (let i = (yy * width + x0) * ch, end = (yy * width + x1) * ch; i < end; i += ch) {
+            for (let b = 0; b < ch; b++) sums[b] += src[i + b];
+          }
+        }
+        // (sum * multiplier) < 2^32: exact in a double, so >> 24 is a floor division.
+        for (let b = 0; b < ch; b++) out[(y * outW + x) * ch + b] = Math.floor(sums[b] * multipliers[n] / 16777216);
+      }
+    }
+    return out;
+  }
+
+  /**
+   * Image.resize(size, BILINEAR, reducing_gap=gap): when the image shrinks by
+   * at least 2 * gap along a side, Pillow first reduce()s it by the whole
+   * factor int(in / out / gap) (box means, far cheaper than the filter), then
+   * resizes the reduced image with a box of width in / factor, so that the
+   * result still maps the whole source image onto the output, exactly.
+   */
+  function resizePillowReducing(src, width, height, outW, outH, ch, gap) {
+    const fx = Math.trunc(width / outW / gap) || 1;
+    const fy = Math.trunc(height / outH / gap) || 1;
+    if (fx === 1 && fy === 1) return resizePillow(src, width, height, outW, outH, ch);
+    const reduced = reducePillow(src, width, height, fx, fy, ch);
+    return resizePillow(reduced, Math.ceil(width / fx), Math.ceil(height / fy), outW, outH, ch,
+                        [width / fx, height / fy]);
   }
 
   /** An 8-bit grey image resized to size x size as Pillow's BILINEAR (see resizePillow). */
@@ -236,10 +306,14 @@
     return out;
   }
 
-  /** Row softmax in float64 (fer_edge.classifier.softmax). */
-  function softmax(logits) {
-    const m = Math.max(...logits);
-    const e = Array.from(logits, (v) => Math.exp(v - m));
+  /**
+   * Row softmax of logits / temperature in float64 (fer_edge.classifier.softmax);
+   * the temperature is the model's calibration (metadata "temperature").
+   */
+  function softmax(logits, temperature = 1) {
+    const z = Array.from(logits, (v) => v / temperature);
+    const m = Math.max(...z);
+    const e = z.map((v) => Math.exp(v - m));
     const sum = e.reduce((a, b) => a + b, 0);
     return e.map((v) => v / sum);
   }
@@ -322,6 +396,7 @@
 
     /**
      * Classify decoded pixels. Returns {labels, logits, probs, top, ms}:
+     * logits are the graph's raw outputs, probs softmax(logits / temperature);
      * ms is the model run alone (preprocessing excluded).
      */
     async classify(pixels, box) {
@@ -339,14 +414,15 @@
       const out = await this.session.run({ [this.session.inputNames[0]]: input });
       const ms = performance.now() - t0;
       const logits = Array.from(out[this.session.outputNames[0]].data);
-      const probs = softmax(logits);
+      const probs = softmax(logits, this.info.temperature);
       const top = probs.indexOf(Math.max(...probs));
       return { labels: this.info.labels, logits, probs, top, ms };
     }
   }
 
   global.FerEdge = {
-    parseOnnxMetadata, modelInfo, rgbaToGray, resizePillow, resizeBilinearPillow, normalize, softmax,
+    parseOnnxMetadata, modelInfo, rgbaToGray, resizePillow, resizePillowReducing, reducePillow,
+    resizeBilinearPillow, normalize, softmax,
     cropGray, decodeToRgba, bitmapToRgba, FerModel,
   };
 })(typeof window !== "undefined" ? window : globalThis);
