@@ -118,6 +118,17 @@ def test_crop_past_border_repeats_edge_pixels(box):
     np.testing.assert_array_equal(crop, np.asarray(img)[rows[:, None], cols])
 
 
+def _in_mode(rgb: Image.Image, mode: str, colors: int) -> Image.Image:
+    """``rgb`` in ``mode``; 16-bit and float images carry its luma (as a scanner's would)."""
+    if mode == "I;16":
+        return Image.fromarray(np.asarray(to_gray(rgb), dtype=np.uint16) * 257)
+    if mode == "F":
+        return Image.fromarray(np.asarray(to_gray(rgb), dtype=np.float32) / 255)
+    if mode == "P":
+        return rgb.quantize(colors)
+    return rgb.convert(mode)
+
+
 @pytest.mark.parametrize(
     "mode, out_mode",
     [("L", "L"), ("RGB", "RGB"), ("RGBA", "RGBA"), ("I;16", "I;16"), ("F", "F"), ("P", "RGBA")],
@@ -127,14 +138,7 @@ def test_crop_luma_equals_luma_crop(mode, out_mode, box):
     """Cropping commutes with the preprocessing's grey conversion, in every mode."""
     rng = np.random.default_rng(0)
     rgb = Image.fromarray(rng.integers(0, 256, (200, 160, 3), dtype=np.uint8))
-    if mode == "I;16":
-        img = Image.fromarray(np.asarray(to_gray(rgb), dtype=np.uint16) * 257)
-    elif mode == "F":
-        img = Image.fromarray(np.asarray(to_gray(rgb), dtype=np.float32) / 255)
-    elif mode == "P":
-        img = rgb.quantize(64)
-    else:
-        img = rgb.convert(mode)
+    img = _in_mode(rgb, mode, colors=64)
     crop = crop_face(img, box)
     assert crop.mode == out_mode
     assert np.abs(
@@ -360,14 +364,7 @@ def test_rotated_crop_at_the_border_is_padded_with_border_pixels_not_black():
 def test_rotated_crop_luma_equals_luma_of_rotated_gray(mode, out_mode):
     rng = np.random.default_rng(3)
     smooth = Image.fromarray(rng.integers(0, 256, (20, 16, 3), dtype=np.uint8)).resize((160, 200))
-    if mode == "I;16":
-        img = Image.fromarray(np.asarray(to_gray(smooth), dtype=np.uint16) * 257)
-    elif mode == "F":
-        img = Image.fromarray(np.asarray(to_gray(smooth), dtype=np.float32) / 255)
-    elif mode == "P":
-        img = smooth.quantize(256)
-    else:
-        img = smooth.convert(mode)
+    img = _in_mode(smooth, mode, colors=256)
     box = FaceBox(40, 50, 70, 70, landmarks=eyes_at((75, 80), 25))
     crop = crop_face(img, box)
     assert crop.mode == out_mode
