@@ -309,22 +309,15 @@ def stamp(path: Path, data: Path, write: bool, threads: int = 0, limit_per_class
         ModelError: ``path`` is not a fer-edge model (left untouched).
         train.data.DataLayoutError: ``data`` has no val images of the model's classes.
     """
-    from .onnx_export import with_metadata, write_atomic
+    from .onnx_export import restamp
 
     model, info = _load_model(path)
     logits, labels = val_logits(path, data, threads, limit_per_class)
     cal = calibrate(logits, labels)
     if write:
-        graph = model.graph.SerializeToString()
         info.temperature = cal.temperature
         info.extra = {**info.extra, "calibration": calibration_facts(cal, data)}
-        del model.metadata_props[:]
-        out = with_metadata(model, info)
-        import onnx
-
-        if onnx.load_from_string(out).graph.SerializeToString() != graph:
-            raise ModelError(f"{path}: re-serialising changed the graph; file left as it was")
-        write_atomic(out, path, force=True)
+        restamp(model, info, path)
     return cal
 
 

@@ -36,6 +36,7 @@ from torch import nn
 
 import fer_edge
 from fer_edge.atomic import atomic_write, create_new, replace
+from fer_edge.errors import ModelError
 from fer_edge.metadata import ModelInfo
 from fer_edge.preprocess import PreprocessSpec
 
@@ -393,6 +394,24 @@ def write_atomic(data: bytes, out: Path, force: bool) -> None:
             f.write(data)
     except FileExistsError:
         raise OutputExistsError(f"{out} exists; pass --force to overwrite it") from None
+
+
+def restamp(model: onnx.ModelProto, info: ModelInfo, path: Path) -> None:
+    """Replace the fer-edge metadata of ``model`` (loaded from ``path``) with ``info``, in place.
+
+    For tools that change facts, not the network (``export.speed``,
+    ``export.calibrate``): the graph's bytes are checked to be unchanged before
+    the file is replaced atomically.
+
+    Raises:
+        ModelError: Re-serialising changed the graph (the file is left as it was).
+    """
+    graph = model.graph.SerializeToString()
+    del model.metadata_props[:]
+    data = with_metadata(model, info)
+    if onnx.load_from_string(data).graph.SerializeToString() != graph:
+        raise ModelError(f"{path}: re-serialising changed the graph; file left as it was")
+    write_atomic(data, path, force=True)
 
 
 def _default_version(loaded: LoadedCheckpoint) -> str:

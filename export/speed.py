@@ -23,7 +23,7 @@ from fer_edge.errors import ModelError
 from fer_edge.metadata import ModelInfo
 
 from .evaluate import random_inputs
-from .onnx_export import measure_speed, with_metadata, write_atomic
+from .onnx_export import measure_speed, restamp
 
 
 def stamp(path: Path, threads: int, write: bool) -> dict:
@@ -34,8 +34,7 @@ def stamp(path: Path, threads: int, write: bool) -> dict:
     speed = measure_speed(graph.SerializeToString(), random_inputs(info.preprocess, 32, 0), threads)
     if write:
         info.extra = {**info.extra, "speed": speed}
-        del graph.metadata_props[:]
-        write_atomic(with_metadata(graph, info), path, force=True)
+        restamp(graph, info, path)
     return speed
 
 
