@@ -12,7 +12,15 @@ clear where the time goes. Prints the figures and writes them as JSON.
 
 Usage::
 
-    python -m benchmarks.detector [--threads 2] [--runs 50] [--json benchmarks/results/detector.json]
+    python -m benchmarks.detector [--threads 2] [--runs 50] [--model blazeface] [--json PATH]
+
+``--model`` is a shipped detector's name (:data:`fer_edge.detector.SHIPPED_DETECTORS`,
+default the first, ``blazeface``: the channel-aligned file; ``blazeface-unaligned``:
+the conversion's direct output) or a BlazeFace ONNX file; the JSON (which
+records ``model_file``) goes to
+``benchmarks/results/detector.json`` for the default detector and to
+``detector-NAME.json`` (NAME: the detector's name or the file's stem) otherwise,
+unless ``--json`` says where.
 
 The machine's load average is recorded with the result: on a busy machine the
 median is pessimistic, the minimum closer to what an idle machine does.
@@ -32,6 +40,7 @@ import numpy as np
 from PIL import Image
 
 from fer_edge.blazeface import STAGES, BlazeFace
+from fer_edge.detector import SHIPPED_DETECTORS, shipped_detector
 from fer_edge.providers import ort_version
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,17 +101,41 @@ def time_stages(detector: BlazeFace, image: Image.Image, runs: int) -> dict[str,
     return {stage: round(statistics.median(values), 3) for stage, values in laps.items()}
 
 
+def open_detector(model: str, provider: str, threads: int, min_face: float | None = None) -> BlazeFace:
+    """A shipped detector by name, or a BlazeFace on the ONNX file ``model``."""
+    if model in SHIPPED_DETECTORS:
+        detector = shipped_detector(model, providers=provider, threads=threads, min_face=min_face)
+        assert isinstance(detector, BlazeFace)  # every shipped detector is BlazeFace
+        return detector
+    return BlazeFace(Path(model), providers=provider, threads=threads, min_face=min_face)
+
+
+def default_json(model: str) -> Path:
+    """Where the results of ``model`` go without ``--json``."""
+    if model == SHIPPED_DETECTORS[0]:
+        return DEFAULT_JSON
+    name = model if model in SHIPPED_DETECTORS else Path(model).stem
+    return DEFAULT_JSON.with_name(f"detector-{name}.json")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--provider", default="cpu")
-    parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
+    parser.add_argument("--model", default=SHIPPED_DETECTORS[0],
+                        help=f"a shipped detector ({', '.join(SHIPPED_DETECTORS)}) or a BlazeFace ONNX file "
+                             "(default %(default)s)")
+    parser.add_argument("--json", type=Path, default=None,
+                        help=f"default {DEFAULT_JSON.relative_to(REPO)}, or detector-NAME.json for other models")
     args = parser.parse_args()
-    default = BlazeFace(providers=args.provider, threads=args.threads)
-    small_faces = BlazeFace(providers=args.provider, threads=args.threads, min_face=24)
+    args.json = args.json or default_json(args.model)
+    default = open_detector(args.model, args.provider, args.threads)
+    small_faces = open_detector(args.model, args.provider, args.threads, min_face=24)
     result = {
         "what": "BlazeFace.detect, end to end",
+        "model": args.model,
+        "model_file": default.model_path.name,
         "target_ms_1280x854": TARGET_MS,
         "threads": args.threads,
         "provider": default.providers[0],
@@ -119,7 +152,7 @@ def main() -> None:
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     stages = result["default_1280x854"]["stages_median_ms"]
     print("1280x854 stages (median ms): " + ", ".join(f"{k} {v}" for k, v in stages.items()))
-    print(f"1280x854: {result['default_1280x854']['median_ms']} ms median on {args.threads} threads "
+    print(f"1280x854, {args.model}: {result['default_1280x854']['median_ms']} ms median on {args.threads} threads "
           f"(target {TARGET_MS} ms); written to {args.json}")
 
 

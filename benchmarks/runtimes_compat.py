@@ -5,12 +5,16 @@ loads the file and runs the same inputs as ONNX Runtime (the reference):
 load OK or the runtime's error with the operator at fault, max |logit
 difference|, top-1 agreement, val accuracy and ms per image at batch 1 and 32.
 Where a runtime cannot read a shipped file correctly, the row of its portable
-form (:mod:`export.portable`, built in a temporary folder) follows.
+form (:mod:`export.portable`, built in a temporary folder) follows; an int8
+QDQ model gets three (:data:`INT8_FORMS`): the exact int8 emulation, the QDQ
+file with OpenCV's Gemm-bias bug worked around, and the dequantized fp32 graph.
 
-The face detector (BlazeFace) runs in each runtime on the input tensors fer_edge's
-own preprocessing builds from photos/ and the tests' sample photos; its raw
-outputs go through fer_edge's own decoding and NMS, and the faces are compared
-(``--only detector`` runs just that part).
+The face detector (BlazeFace's default file, :data:`fer_edge.blazeface.DEFAULT_MODEL`:
+``blazeface_full_range_aligned.onnx``; each row names its file) runs in each
+runtime on the input tensors fer_edge's own preprocessing builds from photos/
+and the tests' sample photos; its raw outputs go through fer_edge's own
+decoding and NMS, and the faces are compared (``--only detector`` runs just
+that part).
 
 Inputs are every val image of the model's classes when ``--data`` is given,
 else random images (agreement on noise is a looser check: many near-ties).
@@ -239,9 +243,22 @@ def model_inputs(path: Path, data: Path | None, limit: int) -> tuple[np.ndarray,
     return random_inputs(info.preprocess, 64, seed=0), None, "random images"
 
 
+#: Row labels of the forms :mod:`export.portable` makes of an int8 QDQ model, by file suffix.
+INT8_FORMS = {
+    "int8emu": "int8 emulated (export.portable --emulate-int8)",
+    "gemmrow": "Gemm bias row (export.portable --gemm-bias-row)",
+    "fp32": "dequantized fp32 (export.portable --dequantize)",
+}
+
+
 def portable_forms(path: Path, folder: Path) -> list[tuple[str, Path]]:
-    """The rewritten forms of ``path`` that :mod:`export.portable` makes, written under ``folder``."""
-    from export.portable import NotApplicable, dequantize_qdq, unfold_flip_tta
+    """The rewritten forms of ``path`` that :mod:`export.portable` makes, written under ``folder``.
+
+    An int8 QDQ model gets each of :data:`INT8_FORMS` (one that does not apply is left out).
+    """
+    from export.portable import NotApplicable, dequantize_qdq, emulate_int8, gemm_bias_as_row, unfold_flip_tta
+
+    rewrites = {"int8emu": emulate_int8, "gemmrow": gemm_bias_as_row, "fp32": dequantize_qdq}
 
     model = onnx.load(str(path))
     forms = []
@@ -252,9 +269,14 @@ def portable_forms(path: Path, folder: Path) -> list[tuple[str, Path]]:
     except NotApplicable:
         pass
     if any(n.op_type == "QuantizeLinear" for n in model.graph.node):
-        out = folder / f"{path.stem}-fp32.onnx"
-        onnx.save(dequantize_qdq(model), str(out))
-        forms.append(("dequantized fp32 (export.portable --dequantize)", out))
+        for suffix, label in INT8_FORMS.items():
+            out = folder / f"{path.stem}-{suffix}.onnx"
+            try:
+                onnx.save(rewrites[suffix](model), str(out))
+            except NotApplicable as exc:
+                print(f"{path.name}: no {label}: {exc}", file=sys.stderr)
+                continue
+            forms.append((label, out))
     return forms
 
 
@@ -568,8 +590,8 @@ def benchmark_detector(threads: int, seconds: float, model: Path = DEFAULT_DETEC
 
 def _detector_line(r: DetectorRow) -> str:
     if not r.loaded:
-        return f"{r.model:26} {r.runtime:34} FAILED: {r.error}"
-    return (f"{r.model:26} {r.runtime:34} {'yes':5} {r.images:4} {r.calls:5} {r.faces:5} "
+        return f"{r.model:33} {r.runtime:34} FAILED: {r.error}"
+    return (f"{r.model:33} {r.runtime:34} {'yes':5} {r.images:4} {r.calls:5} {r.faces:5} "
             f"{_fmt(r.max_score_diff, '9.3g')} {_fmt(r.max_box_diff, '9.3g')} "
             f"{'yes' if r.same_faces else 'NO':5} {_fmt(r.min_iou, '7.3f')} {_fmt(r.ms_per_call, '7.2f')}"
             + (f"  differ: {', '.join(r.differing)}" if r.differing else ""))
@@ -577,7 +599,7 @@ def _detector_line(r: DetectorRow) -> str:
 
 def detector_table(rows: list[DetectorRow]) -> str:
     """The detector rows as a fixed-width text table."""
-    head = (f"{'detector':26} {'runtime':34} {'loads':5} {'imgs':>4} {'calls':>5} {'faces':>5} "
+    head = (f"{'detector':33} {'runtime':34} {'loads':5} {'imgs':>4} {'calls':>5} {'faces':>5} "
             f"{'score dif':>9} {'box diff':>9} {'same':5} {'min IoU':>7} {'ms/call':>7}")
     return "\n".join([head, *(_detector_line(r) for r in rows)])
 
@@ -610,17 +632,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=3.0, help="timing per runtime and batch size")
     p.add_argument("--only", choices=("classifiers", "detector"), default=None,
                    help="run one part; the other part of an existing --out file is kept")
+    p.add_argument("--model", action="append", default=[], metavar="NAME",
+                   help="only this shipped model (repeatable); the other models' rows of an "
+                        "existing --out file are kept")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/runtimes_compat.json"))
     a = p.parse_args(argv)
     from export.evaluate import cpu_model
     from fer_edge.zoo import shipped_models
 
-    # With --only, the other part's rows come from the previous results, not from nowhere.
-    results = json.loads(a.out.read_text()) if a.only and a.out.is_file() else {}
+    models = shipped_models()
+    unknown = sorted(set(a.model) - set(models))
+    if unknown:
+        p.error(f"--model {', '.join(unknown)}: not a shipped model (choose from {', '.join(models)})")
+    # With --only or --model, the rows not rerun come from the previous results, not from nowhere.
+    keep = bool(a.only or a.model) and a.out.is_file()
+    results = json.loads(a.out.read_text()) if keep else {}
     if a.only != "detector":
-        rows = benchmark(shipped_models(), a.data, a.threads, a.seconds, a.limit)
+        chosen = {n: path for n, path in models.items() if not a.model or n in a.model}
+        rows = benchmark(chosen, a.data, a.threads, a.seconds, a.limit)
         print(table(rows))
-        results["rows"] = [asdict(r) for r in rows]
+        kept = [r for r in results.get("rows", []) if a.model and r["model"] not in a.model and r["model"] in models]
+        new_rows = kept + [asdict(r) for r in rows]
+        order = list(models)
+        results["rows"] = sorted(new_rows, key=lambda r: order.index(r["model"]))  # stable: runtime order kept
     if a.only != "classifiers":
         detector_rows = benchmark_detector(a.threads, a.seconds)
         print(detector_table(detector_rows))

@@ -1,9 +1,14 @@
 """MediaPipe BlazeFace (full range) run by ONNX Runtime, with numpy pre/post-processing.
 
-The model (``models/detectors/blazeface_full_range.onnx``, converted from
-MediaPipe's TFLite file by ``tools/convert_blazeface.py``; Apache-2.0, see
-``models/detectors/LICENSE-blazeface``) ships inside the package, so plain
-``pip install`` detects faces: no OpenCV, no download.
+The model ships inside the package, so plain ``pip install`` detects faces:
+no OpenCV, no download. The default (:data:`DEFAULT_MODEL`,
+``models/detectors/blazeface_full_range_aligned.onnx``) is derived by
+``tools/convert_blazeface.py --aligned`` from :data:`UNALIGNED_MODEL`
+(``blazeface_full_range.onnx``, converted from MediaPipe's TFLite file by
+``tools/convert_blazeface.py``): the same network with channel counts that
+ONNX Runtime's x86 CPU kernels run faster, finding the same faces. Both are
+Apache-2.0, see ``models/detectors/LICENSE-blazeface``; why both ship:
+:data:`fer_edge.detector.SHIPPED_DETECTORS`.
 
 BlazeFace full range was trained on 192x192 inputs and finds faces of about
 20 to 130 px there (:data:`MIN_FACE_INPUT_PX`). Its graph is convolutional up
@@ -45,8 +50,13 @@ from .preprocess import to_gray
 from .providers import ORT_MODEL_ERRORS, ProvidersArg, first_line, open_session, resolve_providers
 from .zoo import MODELS_DIR
 
-#: The shipped detector model.
-DEFAULT_MODEL = MODELS_DIR / "detectors" / "blazeface_full_range.onnx"
+#: The default detector model: BlazeFace full range with channel counts padded
+#: to multiples of 16 (``tools/convert_blazeface.py --aligned``), fastest with
+#: ONNX Runtime's x86 CPU kernels (``fer-edge classify --detector blazeface``).
+DEFAULT_MODEL = MODELS_DIR / "detectors" / "blazeface_full_range_aligned.onnx"
+#: The conversion's direct output, which :data:`DEFAULT_MODEL` is derived from
+#: and checked against, and which ``web/`` loads (``--detector blazeface-unaligned``).
+UNALIGNED_MODEL = MODELS_DIR / "detectors" / "blazeface_full_range.onnx"
 
 #: MediaPipe's keypoint order for BlazeFace (face_detection_full_range.pbtxt).
 LANDMARK_NAMES = (RIGHT_EYE, LEFT_EYE, "nose_tip", "mouth_center", "right_ear_tragion",
@@ -215,7 +225,8 @@ class BlazeFace:
     between threads (ONNX Runtime sessions are).
 
     Args:
-        model: The ONNX file; default the shipped :data:`DEFAULT_MODEL`.
+        model: The ONNX file; default the shipped :data:`DEFAULT_MODEL` (the
+            channel-aligned file; :data:`UNALIGNED_MODEL` works as well).
         providers: As for :class:`fer_edge.Classifier`: ``None`` picks
             automatically, names/aliases are used exactly. A Classifier gives
             its detector the providers its own session got.

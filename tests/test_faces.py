@@ -745,6 +745,115 @@ def test_shipped_detector_by_name(astronaut):
         shipped_detector("haar")
 
 
+# ------------------------------------- the channel-aligned BlazeFace file (issue 14)
+
+ALIGNED_MODEL = blazeface.DEFAULT_MODEL
+UNALIGNED_MODEL = blazeface.UNALIGNED_MODEL
+
+
+@pytest.fixture(scope="module")
+def aligned() -> BlazeFace:
+    return BlazeFace(ALIGNED_MODEL, providers="cpu", threads=2)
+
+
+@pytest.fixture(scope="module")
+def unaligned() -> BlazeFace:
+    return BlazeFace(UNALIGNED_MODEL, providers="cpu", threads=2)
+
+
+def test_aligned_detector_is_the_default_and_the_unaligned_one_is_shipped_by_name(model_path):
+    from fer_edge import Classifier
+    from fer_edge.detector import SHIPPED_DETECTORS, shipped_detector
+
+    assert ALIGNED_MODEL.name == "blazeface_full_range_aligned.onnx"
+    assert UNALIGNED_MODEL.name == "blazeface_full_range.onnx" and UNALIGNED_MODEL.parent == ALIGNED_MODEL.parent
+    assert SHIPPED_DETECTORS == ("blazeface", "blazeface-unaligned")
+    assert BlazeFace(providers="cpu").model_path == ALIGNED_MODEL
+    assert shipped_detector(providers="cpu").model_path == ALIGNED_MODEL
+    assert shipped_detector("blazeface", providers="cpu").model_path == ALIGNED_MODEL
+    assert Classifier(model_path, providers="cpu").detector.model_path == ALIGNED_MODEL
+    found = shipped_detector("blazeface-unaligned", providers="cpu", min_face=40)
+    assert isinstance(found, BlazeFace) and found.model_path == UNALIGNED_MODEL and found.min_face == 40
+    with pytest.raises(ModelError, match="unknown face detector 'blazeface-aligned'"):
+        shipped_detector("blazeface-aligned")
+    licence = ALIGNED_MODEL.with_name("LICENSE-blazeface").read_text()
+    assert ALIGNED_MODEL.name in licence and UNALIGNED_MODEL.name in licence
+
+
+def test_browser_page_keeps_the_unaligned_detector_file():
+    """web/ runs on onnxruntime-web (WASM: no blocked layout to gain from): it keeps the direct conversion."""
+    app = (REPO / "web" / "app.js").read_text()
+    assert f"fer_edge/models/detectors/{UNALIGNED_MODEL.name}" in app
+    assert ALIGNED_MODEL.name not in app
+
+
+def assert_same_faces(want: list[FaceBox], got: list[FaceBox], name: str) -> None:
+    """Same faces in the same order: boxes within 1 px (rounding), scores and landmarks equal up to float noise."""
+    assert len(got) == len(want), (name, want, got)
+    for w, g in zip(want, got):
+        assert np.abs(np.subtract((g.x, g.y, g.w, g.h), (w.x, w.y, w.w, w.h))).max() <= 1, (name, w, g)
+        assert g.score == pytest.approx(w.score, abs=1e-4), (name, w, g)
+        assert [p.name for p in g.landmarks] == [p.name for p in w.landmarks]
+        assert np.abs(np.subtract([p[1:] for p in g.landmarks], [p[1:] for p in w.landmarks])).max() < 0.01, name
+
+
+def test_aligned_detector_finds_the_same_faces_as_the_unaligned_file(unaligned, aligned, astronaut):
+    """The aligned file is an optimisation only: the faces of every test scene are the unaligned file's."""
+    skdata = pytest.importorskip("skimage.data")
+    scenes = pinned_scenes(astronaut)
+    photo = Image.new("RGB", (512, 512), (120, 120, 120))
+    photo.paste(head(astronaut, 300), (106, 106))
+    scenes["tilted30"] = photo.rotate(30, resample=Image.BILINEAR, fillcolor=(120, 120, 120))
+    scenes["border"] = astronaut.crop((195, 0, 512, 512))
+    for name in ["camera", "coins", "moon", "chelsea", "logo", "rocket", "hubble_deep_field"]:
+        scenes[name] = Image.fromarray(getattr(skdata, name)())
+    scenes["noise"] = Image.fromarray(np.random.default_rng(1).integers(0, 256, (480, 640), dtype=np.uint8))
+    for name, image in scenes.items():
+        assert_same_faces(unaligned.detect(image), aligned.detect(image), name)
+    found = 0
+    for min_face, head_size in [(24, 48), (24, 360), (40, 200)]:  # extra passes, up to a 1600 px input
+        photo = Image.new("RGB", (1920, 1080), (150, 150, 150))
+        photo.paste(head(astronaut, head_size), (1500 - head_size, 700 - head_size // 2))
+        want = BlazeFace(UNALIGNED_MODEL, providers="cpu", threads=2, min_face=min_face).detect(photo)
+        assert_same_faces(want, BlazeFace(ALIGNED_MODEL, providers="cpu", threads=2, min_face=min_face).detect(photo),
+                          f"min_face={min_face}, head {head_size}")
+        found += len(want)
+    assert found == 3
+
+
+def test_aligned_detector_finds_the_same_fer2013_faces_as_the_unaligned_file(unaligned, aligned, fer_data):
+    """FER-2013 crops in edge-repeated 288 px scenes: hard, borderline faces (about 2 in 3 are found)."""
+    files = sorted((fer_data / "val" / "happy").glob("*.jpg"))[:60]
+    if not files:
+        pytest.skip(f"no FER-2013 happy val images under {fer_data}")
+    found = 0
+    for f in files:
+        face = np.asarray(to_gray(Image.open(f)).resize((96, 96), Image.BILINEAR))
+        scene = Image.fromarray(np.pad(face, 96, mode="edge"))
+        want = unaligned.detect(scene)
+        assert_same_faces(want, aligned.detect(scene), f.name)
+        found += len(want)
+    assert found >= len(files) // 3
+
+
+def test_aligned_file_is_what_the_tool_derives_from_the_unaligned_one():
+    """tools/convert_blazeface.py --aligned, run now, gives the committed file (so it is never stale)."""
+    onnx = pytest.importorskip("onnx")
+    from tools.convert_blazeface import align_channels
+
+    source = onnx.load(str(UNALIGNED_MODEL))
+    made, changes = align_channels(source)
+    committed = onnx.load(str(ALIGNED_MODEL))
+    kinds = [change.split()[0] for change in changes]
+    assert kinds.count("bottleneck") == 7 and kinds.count("Pad") == 8
+    assert made.graph == committed.graph
+    meta = {m.key: m.value for m in committed.metadata_props}
+    import hashlib
+
+    assert meta["derived_from"].startswith(UNALIGNED_MODEL.name)
+    assert hashlib.sha256(UNALIGNED_MODEL.read_bytes()).hexdigest() in meta["derived_from"]
+
+
 # --------------------------------------------------------- --detector, --min-face
 
 
@@ -757,7 +866,7 @@ def invoke_classify(*args: str):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--detector", "haar"], "unknown face detector 'haar' (shipped detectors: blazeface)"),
+    (["--detector", "haar"], "unknown face detector 'haar' (shipped detectors: blazeface, blazeface-unaligned)"),
     (["--detector", ""], "unknown face detector ''"),
     (["--min-face", "0"], "must be a positive number of pixels, got 0"),
     (["--min-face", "-5"], "must be a positive number of pixels, got -5"),

@@ -121,7 +121,8 @@ def test_wheel_ships_only_the_runtime_package(tmp_path):
     assert top == {"fer_edge", wheel.name.split("-py")[0] + ".dist-info"}, top
     assert "fer_edge/models/default.onnx" in names
     # The face detector and its licence notice ship too: plain pip install detects faces.
-    assert "fer_edge/models/detectors/blazeface_full_range.onnx" in names
+    assert "fer_edge/models/detectors/blazeface_full_range_aligned.onnx" in names  # the default
+    assert "fer_edge/models/detectors/blazeface_full_range.onnx" in names  # blazeface-unaligned
     assert "fer_edge/models/detectors/LICENSE-blazeface" in names
     assert "fer_edge/py.typed" in names
     meta = zipfile.ZipFile(wheel).read(wheel.name.split("-py")[0] + ".dist-info/METADATA").decode()

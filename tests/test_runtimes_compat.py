@@ -40,7 +40,14 @@ from benchmarks.runtimes_compat import (
     ort_predict,
     run_all,
 )
-from export.portable import NotApplicable, dequantize_qdq, unfold_flip_tta
+from export.portable import (
+    EMULATED_SUFFIX,
+    NotApplicable,
+    dequantize_qdq,
+    emulate_int8,
+    gemm_bias_as_row,
+    unfold_flip_tta,
+)
 from export.portable import main as portable_main
 from fer_edge.blazeface import BlazeFace
 from fer_edge.detector import FaceBox
@@ -66,11 +73,16 @@ def _compare(reference: np.ndarray, other: np.ndarray) -> tuple[float, float]:
     return float(np.abs(reference - other).max()), float(np.mean(reference.argmax(1) == other.argmax(1)))
 
 
+def _rewritten(tmp_path_factory, model: str, rewrite: Callable[[onnx.ModelProto], onnx.ModelProto]) -> Path:
+    """A shipped model through one export.portable rewrite, saved in a fresh temporary folder."""
+    out = tmp_path_factory.mktemp(rewrite.__name__) / f"{model}-{rewrite.__name__}.onnx"
+    onnx.save(rewrite(onnx.load(str(MODELS / f"{model}.onnx"))), str(out))
+    return out
+
+
 @pytest.fixture(scope="module")
 def default_portable(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("portable") / "default-portable.onnx"
-    onnx.save(unfold_flip_tta(onnx.load(str(MODELS / "default.onnx"))), str(out))
-    return out
+    return _rewritten(tmp_path_factory, "default", unfold_flip_tta)
 
 
 # --- export.portable (ONNX Runtime only: always runs) -------------------------
@@ -118,6 +130,57 @@ def test_dequantized_fast_model_follows_int8_in_onnx_runtime(tmp_path):
     assert diff < 1.0 and agree >= (0.98 if real else 0.9)
 
 
+@pytest.fixture(scope="module")
+def fast_emulated(tmp_path_factory) -> Path:
+    return _rewritten(tmp_path_factory, "fast", emulate_int8)
+
+
+@pytest.fixture(scope="module")
+def fast_gemm_row(tmp_path_factory) -> Path:
+    return _rewritten(tmp_path_factory, "fast", gemm_bias_as_row)
+
+
+def test_emulated_int8_fast_model_gives_onnx_runtimes_int8_logits_exactly(fast_emulated):
+    graph = onnx.load(str(fast_emulated)).graph
+    # Float ops only: no activation is quantized any more; the only DequantizeLinear
+    # nodes turn the kept int8/int32 constants into floats, with scale 1.
+    assert not any(n.op_type in ("QuantizeLinear", "Round") for n in graph.node)
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+    dqs = [n for n in graph.node if n.op_type == "DequantizeLinear"]
+    assert dqs and all(n.input[0] in inits and np.all(inits[n.input[1]] == 1) for n in dqs)
+    assert all(name.endswith(EMULATED_SUFFIX) for name in inits)
+    x, _ = _inputs(MODELS / "fast.onnx")
+    reference = run_all(ort_predict(MODELS / "fast.onnx", 2), x)
+    # Bit for bit, at batch 64 (with a smaller last batch) and at batch 1.
+    assert np.array_equal(run_all(ort_predict(fast_emulated, 2), x), reference)
+    assert np.array_equal(run_all(ort_predict(fast_emulated, 2), x[:8], batch=1), reference[:8])
+
+
+def test_gemm_bias_row_changes_nothing_in_onnx_runtime(fast_gemm_row):
+    graph = onnx.load(str(fast_gemm_row)).graph
+    gemm = next(n for n in graph.node if n.op_type == "Gemm")
+    bias = next(i for i in graph.initializer if i.name == gemm.input[2])
+    assert list(bias.dims) == [1, 3]
+    x, _ = _inputs(MODELS / "fast.onnx")
+    assert np.array_equal(run_all(ort_predict(fast_gemm_row, 2), x), run_all(ort_predict(MODELS / "fast.onnx", 2), x))
+
+
+def test_int8_forms_refuse_a_float_model():
+    default = onnx.load(str(MODELS / "default.onnx"))
+    with pytest.raises(NotApplicable):
+        emulate_int8(default)
+
+
+def test_emulate_command_enforces_exact_parity_and_notes_it(tmp_path, capsys):
+    out = tmp_path / "fast-int8emu.onnx"
+    assert portable_main([str(MODELS / "fast.onnx"), "--out", str(out), "--emulate-int8"]) == 0
+    assert "max |logit diff| 0," in capsys.readouterr().out
+    info = json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}[METADATA_KEY])
+    assert "emulated exactly" in info["extra"]["portable_rewrite"]["what"]
+    assert info["precision"] == "int8"  # the results are the int8 model's
+    assert portable_main([str(MODELS / "default.onnx"), "--out", str(tmp_path / "d.onnx"), "--emulate-int8"]) == 2
+
+
 def test_fault_operator_is_read_from_runtime_messages():
     assert fault_operator("Node [Concat@ai.onnx]:(onnx_node!/Concat) parse error") == "Concat"
     assert fault_operator("[Slice]:(onnx_node!/Slice): getMemoryShapes() failed") == "Slice"
@@ -158,6 +221,32 @@ def test_opencv_runs_the_dequantized_fast_model_like_onnx_runtime(tmp_path):
     reference = run_all(ort_predict(MODELS / "fast.onnx", 2), x)
     diff, agree = _compare(reference, run_all(opencv_predict(out, 2), x))
     assert diff < 1.0 and agree >= (0.98 if real else 0.9)
+
+
+def test_opencv_runs_the_emulated_fast_model_exactly_like_onnx_runtime(fast_emulated):
+    _cv2()
+    x, _ = _inputs(MODELS / "fast.onnx")
+    reference = run_all(ort_predict(MODELS / "fast.onnx", 2), x)
+    predict = opencv_predict(fast_emulated, 2)
+    # ONNX Runtime's int8 logits bit for bit (all 2,155 val images measured), at any batch.
+    assert np.array_equal(run_all(predict, x), reference)
+    assert np.array_equal(run_all(predict, x[:8], batch=1), reference[:8])
+
+
+def test_opencv_int8_qdq_file_is_right_for_the_first_image_of_a_batch_only(fast_gemm_row):
+    _cv2()
+    x, real = _inputs(MODELS / "fast.onnx")
+    shipped, fixed = opencv_predict(MODELS / "fast.onnx", 2), opencv_predict(fast_gemm_row, 2)
+    # One image at a time the shipped QDQ file and its Gemm-bias-row form give the same
+    # logits: OpenCV's only defect on it is the bias of images 2+ of a batch (garbage
+    # memory, so what the shipped file gives there is not asserted).
+    assert np.array_equal(run_all(shipped, x[:8], batch=1), run_all(fixed, x[:8], batch=1))
+    batched = run_all(fixed, x)
+    assert np.array_equal(batched[:8], run_all(fixed, x[:8], batch=1))
+    # OpenCV's float Conv + Quantize rounds ~1e-5 of values otherwise than ONNX Runtime's
+    # integer kernels (measured: 2150 of 2155 val images agree, max diff 0.185).
+    diff, agree = _compare(run_all(ort_predict(MODELS / "fast.onnx", 2), x), batched)
+    assert diff < 0.5 and agree >= (0.98 if real else 0.9)
 
 
 # --- OpenVINO -----------------------------------------------------------------
@@ -246,3 +335,24 @@ def test_openvino_runs_the_face_detector_like_onnx_runtime(photo_faces, precisio
     # measured): only the faces must be the same there.
     _assert_same_faces(lambda: openvino_detector(DEFAULT_DETECTOR, 2, precision), photo_faces,
                        score_atol, box_atol)
+
+
+def test_model_option_reruns_one_model_and_keeps_the_others(tmp_path):
+    """--model fast: only fast's rows are new; default's and fer7's come from the file, in zoo order."""
+    from benchmarks.runtimes_compat import main
+
+    out = tmp_path / "compat.json"
+    old = [{"model": "default", "runtime": "old"}, {"model": "fast", "runtime": "stale"},
+           {"model": "fer7", "runtime": "old"}, {"model": "gone", "runtime": "old"}]
+    out.write_text(json.dumps({"rows": old, "detector_rows": [{"kept": True}]}))
+    assert main(["--only", "classifiers", "--model", "fast", "--seconds", "0.02", "--limit", "2",
+                 "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    models = [r["model"] for r in rows]
+    assert models[0] == "default" and models[-1] == "fer7" and "gone" not in models
+    fast = [r for r in rows if r["model"] == "fast"]
+    assert fast and all(r["runtime"] != "stale" for r in fast)
+    assert json.loads(out.read_text())["detector_rows"] == [{"kept": True}]
+    with pytest.raises(SystemExit) as exc:
+        main(["--model", "nope", "--out", str(out)])
+    assert exc.value.code == 2

@@ -20,8 +20,10 @@
 
   let pixels = null; // decoded RGBA of the current image
   let drag = null;
+  let spoke = false; // the page has said something since "Loading the models…"
 
   function say(text, isError) {
+    spoke = true;
     message.textContent = text;
     message.className = isError ? "error" : "";
   }
@@ -30,8 +32,11 @@
   // initialises once, and two concurrent first creations race on it.
   const ready = FerEdge.FerModel.load(MODEL_URL, ort).then(async (model) => {
     const detector = await FerFaces.BlazeFace.load(DETECTOR_URL, ort);
-    say(`Models ready: ${model.info.model_name} (${model.info.precision}; classes ` +
-        `${model.info.labels.join(", ")}) and the BlazeFace face detector. Drop a photo or use the webcam.`);
+    // Not over what an earlier click said (e.g. a denied camera, before the models came).
+    if (!spoke) {
+      say(`Models ready: ${model.info.model_name} (${model.info.precision}; classes ` +
+          `${model.info.labels.join(", ")}) and the BlazeFace face detector. Drop a photo or use the webcam.`);
+    }
     model.detector = detector;
     return model;
   }).catch((err) => {
@@ -180,25 +185,33 @@
 
   // Webcam: frames are read locally, one on demand.
   const video = $("video");
-  $("camera").addEventListener("click", async () => {
+  /** Turn the camera on; false (with a message saying why) where there is none or access is refused. */
+  async function startCamera() {
     if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
       say("This browser gives no camera access here (a camera needs https:// or http://localhost).", true);
-      return;
+      return false;
     }
+    // A second press keeps the stream that is on rather than opening (and leaking) another.
+    if (video.srcObject && video.srcObject.active) return true;
     try {
       video.srcObject = await navigator.mediaDevices.getUserMedia({ video: true, audio: false });
       await video.play();
       $("snap").hidden = false;
       say("Camera on. Press 'Classify this frame'.");
+      return true;
     } catch (err) {
       const denied = err && (err.name === "NotAllowedError" || err.name === "SecurityError");
       say(denied ? "Camera access was denied. Allow it in the browser's site settings, or drop a photo instead."
                  : `No camera available (${err.name || err}).`, true);
+      return false;
     }
-  });
-  $("snap").addEventListener("click", () => {
-    show(FerEdge.bitmapToRgba(video, video.videoWidth, video.videoHeight)).catch(fail);
-  });
+  }
+  /** The current camera frame, at the video's own size, through the same path as a dropped photo. */
+  function analyzeFrame() {
+    return show(FerEdge.bitmapToRgba(video, video.videoWidth, video.videoHeight));
+  }
+  $("camera").addEventListener("click", () => { startCamera(); });
+  $("snap").addEventListener("click", () => { analyzeFrame().catch(fail); });
 
   // For tests and timing: time to first result after page load; classify a URL.
   window.ferEdgeTiming = { modelReadyMs: null, firstResultMs: null };
@@ -223,5 +236,10 @@
       return analyzePixels();
     },
     openFile,
+    /** What the two webcam buttons do: the same functions. */
+    startCamera,
+    analyzeFrame,
+    /** The image last shown ({rgba, width, height}), e.g. the camera frame analyzeFrame read. */
+    get pixels() { return pixels; },
   };
 })();
