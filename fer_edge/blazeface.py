@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .detector import LEFT_EYE, RIGHT_EYE, FaceBox, Landmark
+from .detector import LEFT_EYE, RIGHT_EYE, SHIPPED_DETECTOR_FILES, FaceBox, Landmark
 from .errors import ModelError
 from .files import display_path
 from .preprocess import to_gray
@@ -53,10 +53,10 @@ from .zoo import MODELS_DIR
 #: The default detector model: BlazeFace full range with channel counts padded
 #: to multiples of 16 (``tools/convert_blazeface.py --aligned``), fastest with
 #: ONNX Runtime's x86 CPU kernels (``fer-edge classify --detector blazeface``).
-DEFAULT_MODEL = MODELS_DIR / "detectors" / "blazeface_full_range_aligned.onnx"
+DEFAULT_MODEL = MODELS_DIR / "detectors" / SHIPPED_DETECTOR_FILES["blazeface"]
 #: The conversion's direct output, which :data:`DEFAULT_MODEL` is derived from
 #: and checked against, and which ``web/`` loads (``--detector blazeface-unaligned``).
-UNALIGNED_MODEL = MODELS_DIR / "detectors" / "blazeface_full_range.onnx"
+UNALIGNED_MODEL = MODELS_DIR / "detectors" / SHIPPED_DETECTOR_FILES["blazeface-unaligned"]
 
 #: MediaPipe's keypoint order for BlazeFace (face_detection_full_range.pbtxt).
 LANDMARK_NAMES = (RIGHT_EYE, LEFT_EYE, "nose_tip", "mouth_center", "right_ear_tragion",

@@ -146,6 +146,5 @@ def shipped_detector(
                          f"{', '.join(SHIPPED_DETECTORS)}")
     from . import blazeface  # lazy: blazeface imports this module
 
-    # The default detector keeps model=None: BlazeFace then opens blazeface.DEFAULT_MODEL.
-    model = None if name == SHIPPED_DETECTORS[0] else blazeface.DEFAULT_MODEL.with_name(SHIPPED_DETECTOR_FILES[name])
+    model = blazeface.DEFAULT_MODEL.with_name(SHIPPED_DETECTOR_FILES[name])
     return blazeface.BlazeFace(model, providers=providers, threads=threads, min_face=min_face)
