@@ -357,11 +357,14 @@ class BlazeFace:
         # the exp() and the float64 decoding to the few candidates, not all
         # anchors; the exact score test below keeps the float64 results as before.
         near = np.flatnonzero(logits >= self._min_logit)
-        if near.size == 0:
-            return np.zeros((0, 4 + 2 * len(LANDMARK_NAMES))), np.zeros(0)
         clipped = np.clip(logits[near].astype(np.float64), -RAW_SCORE_CLIP, RAW_SCORE_CLIP)
         scores = 1.0 / (1.0 + np.exp(-clipped))
         keep = near[scores >= self.min_score]
+        # Checked after the exact test, not before it: a logit within the 1e-3
+        # margin of min_score passes the float32 filter and then fails here,
+        # which left nothing to decode (a crash on some real images).
+        if keep.size == 0:
+            return np.zeros((0, 4 + 2 * len(LANDMARK_NAMES))), np.zeros(0)
         scores = scores[scores >= self.min_score]
         anchors = self._anchors(p.input_h // STRIDE, p.input_w // STRIDE)
         if len(anchors) != len(logits) or raw.shape[0] != len(logits):
@@ -370,7 +373,8 @@ class BlazeFace:
         reg = raw[keep].astype(np.float64)
         centre = anchors[keep] + reg[:, 0:2]
         half = reg[:, 2:4] / 2
-        points = anchors[keep][:, None, :] + reg[:, 4:4 + 2 * len(LANDMARK_NAMES)].reshape(len(keep), -1, 2)
+        marks = reg[:, 4:4 + 2 * len(LANDMARK_NAMES)].reshape(len(keep), len(LANDMARK_NAMES), 2)
+        points = anchors[keep][:, None, :] + marks
         dets = np.concatenate([centre - half, centre + half, points.reshape(len(keep), -1)], axis=1)
         # Input pixels -> image pixels (undo the padding, then the scaling).
         return (dets - p.pad) / p.scale, scores

