@@ -924,3 +924,18 @@ def test_detector_option_builds_the_detector_classifier_takes(model_path, monkey
     assert clf.detector.providers == clf.providers
     # Without either option the Classifier keeps its own lazily opened default.
     assert cli_module._detector(cli_module.ModelOptions(model_path, "cpu", 1, 8)) is None
+
+
+def test_framing_tool_paired_counts_and_exact_mcnemar_p():
+    """tools/measure_framing.py's lost/gained counts and exact two-sided McNemar p
+    (the README's detection table is read through them)."""
+    from tools.measure_framing import paired
+
+    base = np.array([True] * 10 + [False] * 5)
+    other = np.array([True] * 2 + [False] * 8 + [False] * 5)  # 8 lost, 0 gained
+    assert paired(base, other) == {"lost": 8, "gained": 0, "p": round(2 / 2 ** 8, 4)}
+    assert paired(other, base) == {"lost": 0, "gained": 8, "p": round(2 / 2 ** 8, 4)}
+    assert paired(base, base) == {"lost": 0, "gained": 0, "p": 1.0}
+    # 3 lost, 1 gained: P(X <= 1 | n=4) = 5/16, doubled
+    assert paired(np.array([True, True, True, False]), np.array([False, False, False, True])) == {
+        "lost": 3, "gained": 1, "p": 0.625}
