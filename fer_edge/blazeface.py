@@ -359,13 +359,13 @@ class BlazeFace:
         near = np.flatnonzero(logits >= self._min_logit)
         clipped = np.clip(logits[near].astype(np.float64), -RAW_SCORE_CLIP, RAW_SCORE_CLIP)
         scores = 1.0 / (1.0 + np.exp(-clipped))
-        keep = near[scores >= self.min_score]
+        passed = scores >= self.min_score
+        keep, scores = near[passed], scores[passed]
         # Checked after the exact test, not before it: a logit within the 1e-3
         # margin of min_score passes the float32 filter and then fails here,
         # which left nothing to decode (a crash on some real images).
         if keep.size == 0:
             return np.zeros((0, 4 + 2 * len(LANDMARK_NAMES))), np.zeros(0)
-        scores = scores[scores >= self.min_score]
         anchors = self._anchors(p.input_h // STRIDE, p.input_w // STRIDE)
         if len(anchors) != len(logits) or raw.shape[0] != len(logits):
             raise ModelError(f"face detector model {display_path(self.model_path)}: {len(logits)} "

@@ -28,6 +28,7 @@ shipped ``default``, mean logits: 82.92% (82.55% and 82.78% alone).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import sys
 from pathlib import Path
@@ -40,17 +41,12 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402  (after the path set-up)
 
 from fer_edge import Classifier  # noqa: E402
-from fer_edge.preprocess import PreprocessSpec, normalize  # noqa: E402
+from fer_edge.preprocess import normalize  # noqa: E402
 from train import checkpoint  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
 from train.data import load_split  # noqa: E402
 from train.model import model_for  # noqa: E402
-from train.trainer import predict_logits  # noqa: E402
-
-
-def config_of(ckpt: dict) -> TrainConfig:
-    """The checkpoint's training config (keys this version does not know are dropped)."""
-    return TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in TrainConfig.__dataclass_fields__})
+from train.trainer import predict_logits, spec_of  # noqa: E402
 
 
 def eval_weights(ckpt: dict) -> dict[str, torch.Tensor]:
@@ -82,7 +78,7 @@ def checkpoint_logits(cfg: TrainConfig, state: dict, data: Path, size: int) -> t
     model.load_state_dict(state)
     model = model.to(memory_format=torch.channels_last).eval()
     val = load_split(data, "val", cfg.classes, size)
-    spec = PreprocessSpec(input_size=size, color_mode="gray3", mean=tuple(cfg.mean), std=tuple(cfg.std))
+    spec = dataclasses.replace(spec_of(cfg), input_size=size)
     with torch.no_grad():
         logits = predict_logits(model, normalize(val.images, spec), torch.device("cpu"), tta=True)
     return logits, val.labels
@@ -104,7 +100,7 @@ def report(name: str, logits: np.ndarray, labels: np.ndarray) -> None:
 
 def cmd_soup(args: argparse.Namespace) -> None:
     ckpts = [checkpoint.load(p) for p in args.models]
-    cfgs = [config_of(c) for c in ckpts]
+    cfgs = [TrainConfig.from_dict(c["config"]) for c in ckpts]
     if len({(c.arch, tuple(c.classes), tuple(c.drop_blocks)) for c in cfgs}) != 1:
         raise SystemExit("soup: the checkpoints differ in architecture or classes; weights cannot be averaged")
     size = args.size or cfgs[0].input_size
@@ -123,7 +119,7 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
             logits, labels, names = onnx_logits(path, args.data, args.threads)
         else:
             ckpt = checkpoint.load(path)
-            cfg = config_of(ckpt)
+            cfg = TrainConfig.from_dict(ckpt["config"])
             logits, labels = checkpoint_logits(cfg, eval_weights(ckpt), args.data, args.size or cfg.input_size)
             names = list(cfg.classes)
         if labels_seen is not None and names != labels_seen:
