@@ -939,3 +939,37 @@ def test_framing_tool_paired_counts_and_exact_mcnemar_p():
     # 3 lost, 1 gained: P(X <= 1 | n=4) = 5/16, doubled
     assert paired(np.array([True, True, True, False]), np.array([False, False, False, True])) == {
         "lost": 3, "gained": 1, "p": 0.625}
+
+
+def test_framing_tool_crops_builds_a_detection_aware_data_root(tmp_path, fer_data, monkeypatch):
+    """``measure_framing.py crops``: every bare train image linked, one runtime
+    crop per image where a face is found (scenes taken in turn), val linked
+    unchanged, and a second run into the same folder refused, not merged."""
+    from tools import measure_framing as mf
+
+    monkeypatch.setenv("FER_EDGE_DATA", str(fer_data))
+    out = tmp_path / "det"
+    argv = ["crops", "--split", "train", "--per-class", "3", "--scene", "edge-96-288",
+            "--scene", "edge-128-384", "--out", str(out)]
+    report = mf.cmd_crops(mf.parse_args(argv))
+    assert report["images"] == 9
+    bare = sorted(p for p in out.glob("train/*/*") if p.is_symlink())
+    assert len(bare) == 9 and all(p.resolve().parent.parent == (fer_data / "train").resolve() for p in bare)
+    crops = sorted(p for p in out.glob("train/*/*.png") if not p.is_symlink())
+    made = report["crops"]
+    assert isinstance(made, dict) and len(crops) == sum(made.values()) > 0
+    scene = mf.Scene.parse("edge-96-288")
+    first = sorted((fer_data / "train" / "happy").iterdir())[0]  # image 0 -> first scene
+    with Image.open(first) as img:
+        shown, _ = scene.render(img.convert("L"))
+    found = BlazeFace(threads=1).detect(shown)
+    written = out / "train" / "happy" / f"{first.stem}.{scene}.png"
+    assert written.exists() == bool(found)
+    if found:
+        expected = np.asarray(mf.SHIPPED.crop(shown, found[0]).convert("L"))
+        assert np.array_equal(np.asarray(Image.open(written)), expected)
+    assert (out / "val").is_symlink() and (out / "val").resolve() == (fer_data / "val").resolve()
+    with pytest.raises(SystemExit, match="exists"):
+        mf.cmd_crops(mf.parse_args(argv))
+    with pytest.raises(SystemExit, match="selection split"):
+        mf.cmd_crops(mf.parse_args([*argv[:1], "--split", "val", *argv[3:-1], str(tmp_path / "v")]))

@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from fer_edge.errors import ImageError
+from fer_edge.files import IMAGE_EXTENSIONS
 from fer_edge.preprocess import preprocess_gray
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 class DataLayoutError(ValueError):
@@ -49,9 +48,9 @@ def list_split(root: Path, split: str, classes: list[str], limit_per_class: int 
         raise DataLayoutError(f"{split_dir}: no folder for classes {missing}; found {present}")
     items: list[tuple[Path, int]] = []
     for idx, cls in enumerate(classes):
-        files = sorted(p for p in (split_dir / cls).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in (split_dir / cls).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
         if not files:
-            raise DataLayoutError(f"{split_dir / cls}: no images ({sorted(IMAGE_SUFFIXES)})")
+            raise DataLayoutError(f"{split_dir / cls}: no images ({' '.join(sorted(IMAGE_EXTENSIONS))})")
         if limit_per_class:
             files = files[:limit_per_class]
         items.extend((f, idx) for f in files)
