@@ -557,7 +557,11 @@ def test_stop_signals_remove_the_temporary_file_and_exit_128_plus_n(tmp_path, mo
     proc = subprocess.Popen([sys.executable, "-m", "fer_edge", "classify", str(folder), "-o",
                              str(out), "--model", str(model_path), "--format", "jsonl",
                              "--faces", "off", "--batch-size", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            # A suite started in the background (``pytest &``) inherits an
+                            # ignored SIGINT, which fer-edge rightly keeps ignored: give the
+                            # child the disposition a user's terminal would.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while not list(tmp_path.glob(".out.jsonl.*.tmp")) and time.monotonic() < deadline:
         time.sleep(0.02)

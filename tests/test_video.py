@@ -326,12 +326,18 @@ def test_start_end_and_stop(clf, video):
 
 
 def test_live_stop_turns_the_first_sigint_into_a_clean_stop(clf, video):
-    analysis = clf.analyze_video(video)
-    with _live_stop(analysis) as received:
-        os.kill(os.getpid(), signal.SIGINT)
-        assert received == [signal.SIGINT]
-    assert analysis._stop.is_set()
-    analysis.close()
+    # _live_stop leaves an inherited SIG_IGN alone (as after ``pytest &``): start from
+    # the disposition an interactive run has.
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        analysis = clf.analyze_video(video)
+        with _live_stop(analysis) as received:
+            os.kill(os.getpid(), signal.SIGINT)
+            assert received == [signal.SIGINT]
+        assert analysis._stop.is_set()
+        analysis.close()
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_importing_fer_edge_does_not_import_av_and_missing_av_names_the_extra(monkeypatch):
