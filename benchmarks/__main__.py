@@ -16,6 +16,7 @@ Examples:
     python -m benchmarks --data ../shared/data/fer2013 --checkpoint runs/b0-96/best.pt \\
         --model model.onnx model-int8.onnx --out runs/benchmark
     python -m benchmarks --data ../shared/data/fer2013 --checkpoint runs/b0-96/best.pt --quick
+    python -m benchmarks --data ../shared/data/fer2013 --model fast   # one shipped model, ONNX rows only
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="image-folder root with val/<class>/")
-    p.add_argument("--model", type=Path, nargs="*", default=[], help="exported ONNX files of one model")
+    p.add_argument("--model", nargs="*", default=[],
+                   help="exported ONNX files of one model, or a shipped model's name (e.g. fast)")
     p.add_argument("--checkpoint", type=Path, nargs="+", default=None,
                    help="its checkpoint (PyTorch eager baseline); several for an ensemble export")
     p.add_argument("--out", type=Path, default=d.out, help="output folder (default %(default)s)")
@@ -62,7 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     if not a.model and not a.checkpoint:
         return _run_zoo(a)
 
-    cfg = BenchConfig(data=a.data, models=list(a.model), out=a.out,
+    from fer_edge.zoo import resolve_model
+
+    try:
+        models = [resolve_model(m) for m in a.model]  # a shipped name, as everywhere in fer-edge
+    except ModelError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    cfg = BenchConfig(data=a.data, models=models, out=a.out,
                       checkpoint=a.checkpoint[0] if a.checkpoint else None,
                       ensemble=list(a.checkpoint[1:]) if a.checkpoint else [],
                       quick=a.quick, limit=a.limit, batches=tuple(a.batches), threads=a.threads,

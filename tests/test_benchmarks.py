@@ -109,6 +109,28 @@ def test_shipped_models_run_rejects_bad_variant_arguments(tiny, tmp_path, capsys
     assert "not shipped models" in capsys.readouterr().err
 
 
+def test_bad_model_arguments_are_clear_errors_naming_the_file(tiny, tmp_path, capsys):
+    args = ["--data", str(tiny["data"]), "--out", str(tmp_path / "b"), "--quick"]
+    missing = tmp_path / "missing.onnx"
+    assert bench_main([*args, "--model", str(missing)]) == 2
+    assert f"{missing}: no such ONNX file" in capsys.readouterr().err
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"not a protobuf at all")
+    assert bench_main([*args, "--model", str(corrupt)]) == 2
+    assert f"{corrupt}: not a loadable ONNX model" in capsys.readouterr().err
+    assert bench_main([*args, "--model", "nosuchmodel"]) == 2
+    err = capsys.readouterr().err
+    assert "'nosuchmodel' is not a shipped model" in err and "default" in err
+    assert not (tmp_path / "b" / "benchmark.json").exists()
+
+
+def test_a_shipped_model_is_named_like_everywhere_else(tiny, tmp_path, capsys):
+    assert bench_main(["--data", str(tiny["data"]), "--out", str(tmp_path), "--quick",
+                       "--model", "fast", "--batches", "1"]) == 0
+    report = json.loads((tmp_path / "benchmark.json").read_text())
+    assert report["runtimes"][0]["path"].endswith("fer_edge/models/fast.onnx")
+
+
 def _result(name: str, kind: str, precision: str, ms_b1: float, ms_b32: float, acc: float) -> RuntimeResult:
     lat = [LatencyStats(b, 3, ms, ms, ms, 1000 / ms) for b, ms in ((1, ms_b1), (32, ms_b32))]
     return RuntimeResult(name, kind, precision, "none", "x", 1.0, 1, lat, EvalResult(acc, acc, 100))
