@@ -5,7 +5,12 @@ Answers "would averaging help?" before anything is exported:
 * ``soup``: the uniform average of the weights of training checkpoints of
   one architecture (the EMA weights where a checkpoint holds them, as
   evaluation uses), every non-empty subset of the given checkpoints, each
-  evaluated on val with flip TTA like the training log.
+  evaluated on val with flip TTA like the training log. ``--greedy``: the
+  greedy soup of Wortsman et al. (2022) instead, 2n - 1 evaluations rather
+  than 2^n - 1: members ranked by their own val accuracy, each added when the
+  soup's accuracy does not fall. Souping only makes sense for fine-tunes of
+  one start (one loss basin); the chosen subset is selected on val, like an
+  epoch.
 * ``ensemble``: the mean of the logits of checkpoints and/or exported ONNX
   files (each as it runs: a checkpoint with flip TTA, an ONNX file as its
   graph is), alone and together. Their labels must match.
@@ -17,6 +22,7 @@ Usage::
 
     python tools/average_models.py soup runs/b0-96-7cls-e14/best.pt runs/b0-96-7cls-e14/last.pt
     python tools/average_models.py soup runs/b0-96-7cls-e14/best.pt --size 112
+    python tools/average_models.py soup --greedy runs/a/best.pt runs/b/best.pt runs/c/best.pt
     python tools/average_models.py ensemble runs/b0-128-from7e20-s3/best.pt fer_edge/models/default.onnx
 
 Measured with it (README, the model cards of ``default`` and ``fer7``): the
@@ -32,6 +38,7 @@ import dataclasses
 import itertools
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -72,6 +79,28 @@ def average(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return out
 
 
+def greedy_soup(ranked: list[int], score: Callable[[tuple[int, ...]], float]) -> tuple[tuple[int, ...], float]:
+    """Greedy soup: start from the best member, add each next one if the score does not fall.
+
+    Args:
+        ranked: Member indices, best alone first.
+        score: Val accuracy of the soup of a tuple of members (in the order added).
+
+    Example:
+        >>> scores = {(2,): 0.80, (2, 0): 0.82, (2, 0, 1): 0.81}
+        >>> greedy_soup([2, 0, 1], lambda members: scores[members])
+        ((2, 0), 0.82)
+    """
+    chosen = (ranked[0],)
+    best = score(chosen)
+    for i in ranked[1:]:
+        trial = (*chosen, i)
+        accuracy = score(trial)
+        if accuracy >= best:
+            chosen, best = trial, accuracy
+    return chosen, best
+
+
 def checkpoint_logits(cfg: TrainConfig, state: dict, data: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
     """(val logits with flip TTA, labels) of one set of weights at input ``size``."""
     model = model_for(cfg)
@@ -93,9 +122,10 @@ def onnx_logits(path: Path, data: Path, threads: int) -> tuple[np.ndarray, np.nd
     return logits, val.labels, clf.labels
 
 
-def report(name: str, logits: np.ndarray, labels: np.ndarray) -> None:
+def report(name: str, logits: np.ndarray, labels: np.ndarray) -> float:
     right = int((logits.argmax(1) == labels).sum())
     print(f"{name}: {right} of {len(labels)} right, {right / len(labels):.2%}", flush=True)
+    return right / len(labels)
 
 
 def cmd_soup(args: argparse.Namespace) -> None:
@@ -104,12 +134,22 @@ def cmd_soup(args: argparse.Namespace) -> None:
     if len({(c.arch, tuple(c.classes), tuple(c.drop_blocks)) for c in cfgs}) != 1:
         raise SystemExit("soup: the checkpoints differ in architecture or classes; weights cannot be averaged")
     size = args.size or cfgs[0].input_size
+
+    def score(subset: tuple[int, ...]) -> float:
+        state = average([eval_weights(ckpts[i]) for i in subset])
+        logits, labels = checkpoint_logits(cfgs[0], state, args.data, size)
+        names = " + ".join(f"{args.models[i]} (epoch {ckpts[i].get('epoch')})" for i in subset)
+        return report(f"{names} at {size} px", logits, labels)
+
+    if args.greedy:
+        alone = [score((i,)) for i in range(len(ckpts))]
+        ranked = sorted(range(len(ckpts)), key=lambda i: -alone[i])
+        chosen, best = greedy_soup(ranked, lambda s: alone[s[0]] if len(s) == 1 else score(s))
+        print(f"greedy soup: {' + '.join(str(args.models[i]) for i in chosen)}: {best:.2%}")
+        return
     for r in range(1, len(ckpts) + 1):
         for subset in itertools.combinations(range(len(ckpts)), r):
-            state = average([eval_weights(ckpts[i]) for i in subset])
-            logits, labels = checkpoint_logits(cfgs[0], state, args.data, size)
-            names = " + ".join(f"{args.models[i]} (epoch {ckpts[i].get('epoch')})" for i in subset)
-            report(f"{names} at {size} px", logits, labels)
+            score(subset)
 
 
 def cmd_ensemble(args: argparse.Namespace) -> None:
@@ -139,6 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "fer2013")
     parser.add_argument("--size", type=int, default=0, help="checkpoints' input size; 0: as trained")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--greedy", action="store_true", help="soup: the greedy soup, not every subset")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     (cmd_soup if args.command == "soup" else cmd_ensemble)(args)
