@@ -67,16 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     from fer_edge.zoo import resolve_model
 
     try:
-        models = [resolve_model(m) for m in a.model]  # a shipped name, as everywhere in fer-edge
-    except ModelError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    cfg = BenchConfig(data=a.data, models=models, out=a.out,
-                      checkpoint=a.checkpoint[0] if a.checkpoint else None,
-                      ensemble=list(a.checkpoint[1:]) if a.checkpoint else [],
-                      quick=a.quick, limit=a.limit, batches=tuple(a.batches), threads=a.threads,
-                      min_seconds=0.0 if a.quick else a.min_seconds)
-    try:
+        cfg = BenchConfig(data=a.data, out=a.out,
+                          models=[resolve_model(m) for m in a.model],  # a shipped name, as everywhere in fer-edge
+                          checkpoint=a.checkpoint[0] if a.checkpoint else None,
+                          ensemble=list(a.checkpoint[1:]) if a.checkpoint else [],
+                          quick=a.quick, limit=a.limit, batches=tuple(a.batches), threads=a.threads,
+                          min_seconds=0.0 if a.quick else a.min_seconds)
         report = run_benchmarks(cfg)
     except (ValueError, CheckpointError, DataLayoutError, ModelError) as exc:
         print(f"error: {exc}", file=sys.stderr)

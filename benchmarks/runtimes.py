@@ -10,9 +10,7 @@ from typing import Callable
 import numpy as np
 
 from export.evaluate import make_session
-from fer_edge.errors import ModelError
 from fer_edge.metadata import ModelInfo
-from fer_edge.providers import ORT_MODEL_ERRORS, first_line
 
 
 @dataclass
@@ -51,15 +49,9 @@ def onnx_runtime(path: Path, threads: int) -> Runtime:
     """An ONNX Runtime CPU session on an exported file (``threads`` intra-op threads).
 
     Raises:
-        ModelError: ``path`` is missing or not a loadable ONNX model (the message names it).
+        ModelError: ``path`` is missing or not a loadable ONNX model (from ``make_session``).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"{path}: no such ONNX file")
-    try:
-        session = make_session(path, threads)
-    except ORT_MODEL_ERRORS as exc:
-        raise ModelError(f"{path}: not a loadable ONNX model ({first_line(exc)})") from None
+    session = make_session(Path(path), threads)
     info = ModelInfo.from_props(session.get_modelmeta().custom_metadata_map, source=str(path))
     name = session.get_inputs()[0].name
 

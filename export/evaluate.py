@@ -171,15 +171,28 @@ def make_session(model: Path | bytes, threads: int = 0):
     Args:
         model: Path of an ONNX file or its serialized bytes.
         threads: Intra-op threads; inter-op is 1 (the graph is a single chain).
+
+    Raises:
+        ModelError: ``model`` is a path that is missing or not a loadable ONNX
+            model (the message names it, as the runtime's own loader does).
     """
     import onnxruntime as ort
+
+    from fer_edge.errors import ModelError
+    from fer_edge.providers import ORT_MODEL_ERRORS, first_line
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads or default_threads()
     so.inter_op_num_threads = 1
     so.log_severity_level = 3  # warnings about hardware-specific optimisations are noise here
-    source = str(model) if isinstance(model, Path) else model
-    return ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
+    if isinstance(model, bytes):  # a graph export just built: a failure here is a bug, keep its traceback
+        return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    if not model.is_file():
+        raise ModelError(f"{model}: no such ONNX file")
+    try:
+        return ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+    except ORT_MODEL_ERRORS as exc:
+        raise ModelError(f"{model}: not a loadable ONNX model ({first_line(exc)})") from None
 
 
 def run_session(session, inputs: np.ndarray, batch_size: int = 64) -> np.ndarray:
