@@ -30,3 +30,18 @@ def test_average_weights_is_uniform_and_keeps_integer_buffers():
                    {"w": torch.tensor([2.0, 5.0]), "n": torch.tensor(7)},
                    {"w": torch.tensor([3.0, 7.0]), "n": torch.tensor(9)}])
     assert torch.equal(out["w"], torch.tensor([2.0, 5.0])) and int(out["n"]) == 9
+
+
+def test_tail_averages_are_the_last_k_checkpoints_as_given():
+    from tools.average_models import tails
+
+    assert tails(1) == [(0,)]
+    assert tails(4) == [(3,), (2, 3), (1, 2, 3), (0, 1, 2, 3)]
+
+
+def test_greedy_and_tail_together_are_refused(capsys):
+    from tools.average_models import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["soup", "--greedy", "--tail", "a.pt", "b.pt"])
+    assert exc.value.code == 2 and "give one" in capsys.readouterr().err

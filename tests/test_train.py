@@ -88,6 +88,7 @@ def test_tiny_run_writes_checkpoints_metrics_and_plots(tiny_data: Path, tmp_path
     assert best["preprocess"]["input_size"] == 32
     assert TrainConfig.from_dict(best["config"]).input_size == 32
     assert not list(out.glob("*.tmp")), "atomic writes leave no temp files"
+    assert not list(out.glob("epoch-*.pt")), "per-epoch weights only with keep_epochs"
 
 
 @pytest.mark.parametrize("mix", [{}, {"mixup": 0.4, "cutmix": 1.0, "mix_prob": 0.8}], ids=["plain", "mixed"])
@@ -123,6 +124,28 @@ def test_resume_continues_exactly_where_a_killed_run_stopped(tiny_data: Path, tm
     ref_w = checkpoint.load(tmp_path / "ref" / "last.pt")["model"]
     got_w = checkpoint.load(tmp_path / "killed" / "last.pt")["model"]
     assert all(torch.equal(ref_w[k], got_w[k]) for k in ref_w)
+
+
+def test_keep_epochs_saves_each_epochs_evaluated_weights(tiny_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    Trainer(_cfg(tiny_data, out, epochs=2, keep_epochs=True)).fit()
+    kept = sorted(p.name for p in out.glob("epoch-*.pt"))
+    assert kept == ["epoch-001.pt", "epoch-002.pt"]
+    last = checkpoint.load(out / "last.pt")
+    second = checkpoint.load(out / "epoch-002.pt")
+    # The evaluated weights (the EMA copy), in best.pt's format, with that epoch's val figures.
+    assert second["epoch"] == 2 and "optimizer" not in second
+    assert second["val"]["accuracy"] == last["history"][-1]["val_acc"]
+    assert all(torch.equal(second["model"][k], last["ema"][k]) for k in last["ema"])
+
+
+def test_keep_epochs_can_be_switched_on_when_resuming(tiny_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    Trainer(_cfg(tiny_data, out, epochs=1)).fit()
+    assert not list(out.glob("epoch-*.pt"))
+    Trainer(_cfg(tiny_data, out), resume=True, epochs=2, keep_epochs=True).fit()
+    assert sorted(p.name for p in out.glob("epoch-*.pt")) == ["epoch-002.pt"]
+    assert TrainConfig.from_dict(checkpoint.load(out / "last.pt")["config"]).keep_epochs
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tiny_data: Path, tmp_path: Path) -> None:

@@ -8,7 +8,10 @@ Answers "would averaging help?" before anything is exported:
   evaluated on val with flip TTA like the training log. ``--greedy``: the
   greedy soup of Wortsman et al. (2022) instead, 2n - 1 evaluations rather
   than 2^n - 1: members ranked by their own val accuracy, each added when the
-  soup's accuracy does not fall. Souping only makes sense for fine-tunes of
+  soup's accuracy does not fall. ``--tail``: stochastic weight averaging over
+  the end of one run instead, n evaluations: the average of the last k
+  checkpoints as given (oldest first; ``train --keep-epochs`` writes one per
+  epoch), for k = 1 .. n. Souping only makes sense for fine-tunes of
   one start (one loss basin); the chosen subset is selected on val, like an
   epoch.
 * ``ensemble``: the mean of the logits of checkpoints and/or exported ONNX
@@ -23,6 +26,7 @@ Usage::
     python tools/average_models.py soup runs/b0-96-7cls-e14/best.pt runs/b0-96-7cls-e14/last.pt
     python tools/average_models.py soup runs/b0-96-7cls-e14/best.pt --size 112
     python tools/average_models.py soup --greedy runs/a/best.pt runs/b/best.pt runs/c/best.pt
+    python tools/average_models.py soup --tail runs/a/epoch-00[6-9].pt runs/a/epoch-010.pt
     python tools/average_models.py ensemble runs/b0-128-from7e20-s3/best.pt fer_edge/models/default.onnx
 
 Measured with it (README, the model cards of ``default`` and ``fer7``): the
@@ -101,6 +105,16 @@ def greedy_soup(ranked: list[int], score: Callable[[tuple[int, ...]], float]) ->
     return chosen, best
 
 
+def tails(n: int) -> list[tuple[int, ...]]:
+    """The last k of n members, for k = 1 .. n: the averages ``--tail`` evaluates.
+
+    Example:
+        >>> tails(3)
+        [(2,), (1, 2), (0, 1, 2)]
+    """
+    return [tuple(range(n - k, n)) for k in range(1, n + 1)]
+
+
 def checkpoint_logits(cfg: TrainConfig, state: dict, data: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
     """(val logits with flip TTA, labels) of one set of weights at input ``size``."""
     model = model_for(cfg)
@@ -147,6 +161,11 @@ def cmd_soup(args: argparse.Namespace) -> None:
         chosen, best = greedy_soup(ranked, lambda s: alone[s[0]] if len(s) == 1 else score(s))
         print(f"greedy soup: {' + '.join(str(args.models[i]) for i in chosen)}: {best:.2%}")
         return
+    if args.tail:
+        results = {subset: score(subset) for subset in tails(len(ckpts))}
+        best = max(results, key=lambda s: (results[s], -len(s)))
+        print(f"best tail: the last {len(best)} of {len(ckpts)}: {results[best]:.2%}")
+        return
     for r in range(1, len(ckpts) + 1):
         for subset in itertools.combinations(range(len(ckpts)), r):
             score(subset)
@@ -180,7 +199,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=0, help="checkpoints' input size; 0: as trained")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--greedy", action="store_true", help="soup: the greedy soup, not every subset")
+    parser.add_argument("--tail", action="store_true",
+                        help="soup: average the last k checkpoints as given (SWA), k = 1 .. n, not every subset")
     args = parser.parse_args(argv)
+    if args.greedy and args.tail:
+        parser.error("--greedy and --tail choose the averages two different ways; give one")
     torch.set_num_threads(args.threads)
     (cmd_soup if args.command == "soup" else cmd_ensemble)(args)
 

@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cutmix-share", type=float, default=d.cutmix_share, metavar="S",
                    help="with --mixup and --cutmix both on: chance that a mixed batch uses CutMix "
                         "rather than mixup, 0..1 (default %(default)s)")
+    p.add_argument("--keep-epochs", action="store_true",
+                   help="also save every epoch's evaluated weights as <out>/epoch-NNN.pt, for "
+                        "weight averaging afterwards (may be switched on when resuming)")
     p.add_argument("--resume", action="store_true",
                    help="continue <out>/last.pt (with --epochs: re-plan the schedule to that length)")
     return p
@@ -125,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         epochs_given = any(a == "--epochs" or a.startswith("--epochs=") for a in (argv or sys.argv[1:]))
-        Trainer(cfg, resume=args.resume, epochs=args.epochs if args.resume and epochs_given else None).fit()
+        Trainer(cfg, resume=args.resume, epochs=args.epochs if args.resume and epochs_given else None,
+                keep_epochs=args.keep_epochs).fit()
     except (DataLayoutError, WeightsError, CheckpointError, TeacherError, ValueError) as exc:
         if distributed.is_main_process():  # under torchrun, every process hits the same error
             print(f"error: {exc}", file=sys.stderr)

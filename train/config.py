@@ -76,6 +76,10 @@ class TrainConfig:
     cutmix: float = 0.0
     mix_prob: float = 1.0  # chance a batch is mixed at all
     cutmix_share: float = 0.5  # with both on: chance a mixed batch uses CutMix
+    # Also save each epoch's evaluated weights as <out>/epoch-NNN.pt (best.pt's
+    # format, 16 MB each for B0), so the last epochs can be averaged afterwards
+    # (stochastic weight averaging: tools/average_models.py soup --tail).
+    keep_epochs: bool = False
     mean: tuple[float, float, float] = HALF
     std: tuple[float, float, float] = HALF
 

@@ -119,7 +119,8 @@ def _progress(iterable, total: int, desc: str):
 class Trainer:
     """Holds data, model, optimiser and state for one run (fresh or resumed)."""
 
-    def __init__(self, cfg: TrainConfig, resume: bool = False, epochs: int | None = None) -> None:
+    def __init__(self, cfg: TrainConfig, resume: bool = False, epochs: int | None = None,
+                 keep_epochs: bool = False) -> None:
         """Set up a fresh run from ``cfg``, or continue ``cfg.out``/last.pt.
 
         Args:
@@ -127,6 +128,8 @@ class Trainer:
             resume: Continue the run saved in ``<cfg.out>/last.pt``.
             epochs: When resuming, a new total number of epochs: the one-cycle
                 schedule is re-planned from the current step to the new end.
+            keep_epochs: When resuming, switch ``keep_epochs`` on from now on
+                (a run started without it can still be averaged over its end).
         """
         self.out = Path(cfg.out)
         self.last_path = self.out / "last.pt"
@@ -142,6 +145,9 @@ class Trainer:
                     raise ValueError(f"--epochs {epochs} must exceed the {state['epoch']} epochs already run")
                 _log(f"re-planning schedule: {cfg.epochs} -> {epochs} epochs")
                 cfg.epochs = epochs
+            if keep_epochs and not cfg.keep_epochs:
+                cfg.keep_epochs = True
+                _log(f"keeping each epoch's weights from epoch {int(state['epoch']) + 1} on")
             _log(f"resuming {self.last_path} after epoch {state['epoch']}")
         self.cfg = cfg
         # Checked before the data is loaded: a bad value costs no decoding time.
@@ -279,10 +285,13 @@ class Trainer:
             "best_acc": self.best_acc,
             "stale": self.stale,
         }, self.last_path)
+        # best.pt (and epoch-NNN.pt) hold only what export/ needs: the weights
+        # that were evaluated.
+        evaluated = {**meta, "model": self._eval_model().state_dict(), "val": metrics}
         if improved:
-            # best.pt holds only what export/ needs: the weights that were evaluated.
-            checkpoint.save_atomic({**meta, "model": self._eval_model().state_dict(),
-                                    "val": metrics}, self.best_path)
+            checkpoint.save_atomic(evaluated, self.best_path)
+        if self.cfg.keep_epochs:
+            checkpoint.save_atomic(evaluated, self.out / f"epoch-{self.epoch:03d}.pt")
 
     # ---- loop --------------------------------------------------------------
     def train_epoch(self) -> tuple[float, float]:
