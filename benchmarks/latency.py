@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,21 +84,31 @@ def calls_per_round(call_s: float, plan: TimingPlan) -> int:
     return max(1, min(max(by_time, by_count), plan.max_iters // plan.rounds or 1))
 
 
-def measure_interleaved(runtimes: list[Runtime], inputs: np.ndarray, batch: int,
+def measure_interleaved(runtimes: list[Runtime], inputs: np.ndarray | Sequence[np.ndarray], batch: int,
                         plan: TimingPlan) -> list[LatencyStats]:
     """Warm up each runtime, then time them round-robin; one :class:`LatencyStats` each.
 
     A slow runtime gets fewer calls per round than a fast one, so every
     runtime is timed for about the same wall time in every round.
+
+    Args:
+        runtimes: Timed in this order in every round.
+        inputs: One array for all, or one per runtime (runtimes of different
+            input sizes, e.g. a model and the reference it is compared with).
+        batch: Images per call.
+        plan: Warm-up, rounds and timing budget.
     """
-    x = make_batch(inputs, batch)
+    per_runtime = [inputs] * len(runtimes) if isinstance(inputs, np.ndarray) else list(inputs)
+    if len(per_runtime) != len(runtimes):
+        raise ValueError(f"{len(per_runtime)} input arrays for {len(runtimes)} runtimes")
+    xs = [make_batch(a, batch) for a in per_runtime]
     calls = []
-    for rt in runtimes:
+    for rt, x in zip(runtimes, xs):
         for _ in range(plan.warmup):
             rt.predict(x)
         calls.append(calls_per_round(_timed(rt, x), plan))
     times: list[list[float]] = [[] for _ in runtimes]
     for _ in range(plan.rounds):
-        for rt, n, acc in zip(runtimes, calls, times):
+        for rt, x, n, acc in zip(runtimes, xs, calls, times):
             acc.extend(_timed(rt, x) for _ in range(n))
     return [LatencyStats.from_call_times(batch, acc) for acc in times]

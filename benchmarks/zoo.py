@@ -9,6 +9,10 @@ macro-F1, ms/image at batch 1/8/32, file size, peak memory, and
 different input sizes are timed one after another in the same run. The
 reference row is a single-pass fp32 EfficientNet-B0 at 128 px (random
 weights: latency only), against which the edge model's speed-up is stated.
+The reference is timed in the rounds of every model's group (on its own
+128 px inputs), so each speed-up is a ratio of times taken in the same
+minutes: this machine's speed drifts 15-30% between hours, which moved a
+reference timed on its own at the end by as much.
 
 Writes ``zoo.json`` and ``zoo.png`` (accuracy against ms/image, Pareto front
 marked) into ``--out``; a variant that fails gets a status row, not an abort.
@@ -62,6 +66,8 @@ class ZooRow:
     ms_per_image: dict[int, float] = field(default_factory=dict)
     memory: dict | None = None
     cli: dict | None = None
+    # The reference's ms/image timed in the same rounds as this row (shipped models' groups).
+    reference_ms_per_image: dict[int, float] | None = None
 
 
 def _row(model: str, rt: Runtime, size: int) -> ZooRow:
@@ -121,7 +127,7 @@ def _group(name: str, path: Path, variants: list[Path], checkpoint: Path | None,
     return runtimes
 
 
-def _time_group(runtimes: list[Runtime], inputs: np.ndarray, cfg: BenchConfig) -> list[dict[int, float]]:
+def _time_group(runtimes: list[Runtime], inputs: list[np.ndarray], cfg: BenchConfig) -> list[dict[int, float]]:
     per = [dict() for _ in runtimes]  # type: list[dict[int, float]]
     for batch in cfg.batches:
         for d, stats in zip(per, measure_interleaved(runtimes, inputs, batch, cfg.timing())):
@@ -154,25 +160,31 @@ def run_zoo(cfg: BenchConfig, variants: dict[str, list[Path]], checkpoints: dict
     if unknown:
         raise ValueError(f"--variant/--with-checkpoint name(s) {unknown} are not shipped models: "
                          f"{list(shipped_models())}")
+    ref = reference_b0(out, threads)
+    ref_inputs = random_inputs(PreprocessSpec(input_size=128), 32, 0)
+    ref_times: list[dict[int, float]] = []
     for name, path in shipped_models().items():
         log.info("model %s", name)
         group = _group(name, path, variants.get(name, []), checkpoints.get(name), threads, rows)
         info = group[0].info
         val = load_labelled(Path(cfg.data), "val", info.labels, info.preprocess,
                             max(1, cfg.limit // len(info.labels)) if cfg.limit else 0)
-        for rt, ms in zip(group, _time_group(group, val.inputs, cfg)):
+        *times, ref_ms = _time_group([*group, ref], [val.inputs] * len(group) + [ref_inputs], cfg)
+        ref_times.append(ref_ms)
+        for rt, ms in zip(group, times):
             row = _row(name, rt, info.preprocess.input_size)
             acc = score(predict_all(rt, val.inputs), val.labels, val.classes)
             row.val_accuracy, row.val_macro_f1, row.val_images = acc.accuracy, acc.macro_f1, acc.n
-            row.ms_per_image = ms
+            row.ms_per_image, row.reference_ms_per_image = ms, ref_ms
             row.memory = probe_memory(rt, info.preprocess.input_size, max(cfg.batches), threads,
                                       1 if cfg.quick else 3)
             if rt.kind == "onnx" and (rt is group[0] or not cfg.quick):
                 row.cli = _cli(rt.path, Path(cfg.data), info.labels, info.preprocess, threads, cfg)
             rows.append(row)
-    ref = reference_b0(out, threads)
     ref_row = _row("reference", ref, 128)
-    ref_row.ms_per_image = _time_group([ref], random_inputs(PreprocessSpec(input_size=128), 32, 0), cfg)[0]
+    # Its row: the median over the groups it was timed in (timed alone when nothing ships).
+    ref_times = ref_times or _time_group([ref], [ref_inputs], cfg)
+    ref_row.ms_per_image = {b: float(np.median([t[b] for t in ref_times])) for b in cfg.batches}
     rows.append(ref_row)
     report = {"machine": machine, "threads": threads, "batches": list(cfg.batches),
               "rows": [asdict(r) for r in rows], "targets": fast_targets(rows)}
@@ -198,7 +210,9 @@ def fast_targets(rows: list[ZooRow]) -> list[dict]:
     if fast is None:
         return [check("fast model present", None, None)]
     b32, b1 = fast.ms_per_image.get(big), fast.ms_per_image.get(small)
-    speedup = ref.ms_per_image[big] / b32 if ref and b32 and big in ref.ms_per_image else None
+    # The reference timed in fast's own rounds when it was (same minutes), else its row.
+    ref_ms = (fast.reference_ms_per_image or {}).get(big) or (ref.ms_per_image.get(big) if ref else None)
+    speedup = ref_ms / b32 if ref_ms and b32 else None
     drop = (fp32.val_accuracy - fast.val_accuracy) * 100 if fp32 and fp32.val_accuracy is not None else None
     cli = fast.cli or {}
     return [

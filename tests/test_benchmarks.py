@@ -157,6 +157,42 @@ def test_slow_runtimes_get_fewer_calls_per_round():
     assert calls_per_round(1e-7, plan) == 400  # capped at max_iters / rounds
 
 
+def test_interleaved_timing_gives_each_runtime_its_own_inputs():
+    import numpy as np
+
+    from benchmarks.latency import measure_interleaved
+    from benchmarks.runtimes import Runtime
+
+    seen: dict[str, set] = {"a": set(), "b": set()}
+
+    def runtime(name: str) -> Runtime:
+        def predict(x):
+            seen[name].add(x.shape)
+            return np.zeros((len(x), 3), np.float32)
+        return Runtime(name, "onnx", "fp32", "none", Path(name), 0, 1, predict)
+
+    plan = TimingPlan(warmup=1, rounds=2, min_iters=2, min_seconds=0.0)
+    small, big = np.zeros((5, 3, 32, 32), np.float32), np.zeros((2, 3, 128, 128), np.float32)
+    stats = measure_interleaved([runtime("a"), runtime("b")], [small, big], 4, plan)
+    assert seen == {"a": {(4, 3, 32, 32)}, "b": {(4, 3, 128, 128)}} and len(stats) == 2
+    with pytest.raises(ValueError, match="1 input arrays for 2 runtimes"):
+        measure_interleaved([runtime("a"), runtime("b")], [small], 4, plan)
+
+
+def test_speedup_compares_with_the_reference_timed_in_the_same_rounds():
+    from benchmarks.zoo import ZooRow, fast_targets
+
+    fast = ZooRow("fast", "fast (shipped, int8)", "onnx", "int8", 96, "none", "fast.onnx", 1.0,
+                  val_accuracy=0.82, ms_per_image={1: 0.6, 32: 0.4}, reference_ms_per_image={32: 2.4})
+    ref = ZooRow("reference", "B0 reference", "onnx", "fp32", 128, "none", "ref.onnx", 16.0,
+                 ms_per_image={32: 1.6})  # the median over groups: a faster hour than fast's rounds
+    speedup = next(t for t in fast_targets([fast, ref]) if "B0" in t["target"])
+    assert speedup["value"] == pytest.approx(6.0) and speedup["status"] == "PASS"
+    fast.reference_ms_per_image = None  # a zoo.json from before: the reference row's own time
+    speedup = next(t for t in fast_targets([fast, ref]) if "B0" in t["target"])
+    assert speedup["value"] == pytest.approx(4.0) and speedup["status"] == "MISS"
+
+
 def test_quant_sweep_runs_a_recipe(tiny, tmp_path, capsys):
     code = sweep_main([str(tiny["ckpt"]), "--data", str(tiny["data"]), "--out", str(tmp_path),
                        "--recipe", "qoperator/pointwise/minmax/per-channel/u8s8", "--calib-images", "8",
