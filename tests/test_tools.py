@@ -45,3 +45,27 @@ def test_greedy_and_tail_together_are_refused(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["soup", "--greedy", "--tail", "a.pt", "b.pt"])
     assert exc.value.code == 2 and "give one" in capsys.readouterr().err
+
+
+def test_soup_save_writes_an_average_that_export_loads(ckpt_factory, tmp_path, capsys):
+    import torch
+
+    from export.checkpoints import load_checkpoint_model
+    from tests.constants import LABELS3
+    from tools.average_models import main
+
+    data = ckpt_factory.make_image_folder(tmp_path / "data", LABELS3)
+    a = ckpt_factory.make_checkpoint(tmp_path / "a" / "epoch-001.pt", LABELS3, seed=1)
+    b = ckpt_factory.make_checkpoint(tmp_path / "b" / "epoch-002.pt", LABELS3, seed=2)
+    out = tmp_path / "swa.pt"
+    main(["soup", "--tail", str(a), str(b), "--data", str(data), "--threads", "1", "--save", str(out)])
+    printed = capsys.readouterr().out
+    assert "best tail: the last" in printed and f"as {out}" in printed
+    saved = torch.load(out, weights_only=True)
+    chosen = [torch.load(p, weights_only=True)["model"] for p in saved["soup"]]
+    assert len(chosen) in (1, 2) and saved["soup"][-1] == str(b)  # a tail always ends with the last
+    key = "classifier.1.weight"
+    assert torch.allclose(saved["model"][key], sum(c[key] for c in chosen) / len(chosen))
+    assert f"{saved['val']['accuracy']:.2%}" in printed.splitlines()[-2]
+    loaded = load_checkpoint_model(out)  # export takes it like a trained checkpoint
+    assert loaded.classes == list(LABELS3) and loaded.val["accuracy"] == saved["val"]["accuracy"]

@@ -18,15 +18,18 @@ Answers "would averaging help?" before anything is exported:
   files (each as it runs: a checkpoint with flip TTA, an ONNX file as its
   graph is), alone and together. Their labels must match.
 
-``--size`` evaluates checkpoints at another input size than they were
-trained at. Data: ``--data`` (default ``../shared/data/fer2013``).
+``--save PATH`` writes the best average a ``soup`` run found as a checkpoint
+in ``best.pt``'s format (its members' config and preprocessing, the averaged
+weights, its val figures and the member files), which ``python -m export``
+takes like any other. ``--size`` evaluates checkpoints at another input size
+than they were trained at. Data: ``--data`` (default ``../shared/data/fer2013``).
 
 Usage::
 
     python tools/average_models.py soup runs/b0-96-7cls-e14/best.pt runs/b0-96-7cls-e14/last.pt
     python tools/average_models.py soup runs/b0-96-7cls-e14/best.pt --size 112
     python tools/average_models.py soup --greedy runs/a/best.pt runs/b/best.pt runs/c/best.pt
-    python tools/average_models.py soup --tail runs/a/epoch-00[6-9].pt runs/a/epoch-010.pt
+    python tools/average_models.py soup --tail runs/a/epoch-00[6-9].pt runs/a/epoch-010.pt --save runs/a/swa.pt
     python tools/average_models.py ensemble runs/b0-128-from7e20-s3/best.pt fer_edge/models/default.onnx
 
 Measured with it (README, the model cards of ``default`` and ``fer7``): the
@@ -115,6 +118,15 @@ def tails(n: int) -> list[tuple[int, ...]]:
     return [tuple(range(n - k, n)) for k in range(1, n + 1)]
 
 
+def soup_checkpoint(ckpts: list[dict], members: list[Path], state: dict[str, torch.Tensor],
+                    accuracy: float, n: int) -> dict:
+    """An averaged set of weights as a checkpoint ``python -m export`` takes (best.pt's format)."""
+    first = ckpts[0]
+    meta = {k: first[k] for k in ("config", "classes", "preprocess") if k in first}
+    return {**meta, "epoch": max(int(c.get("epoch") or 0) for c in ckpts) or None, "model": state,
+            "val": {"accuracy": accuracy, "n": n, "tta": True}, "soup": [str(m) for m in members]}
+
+
 def checkpoint_logits(cfg: TrainConfig, state: dict, data: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
     """(val logits with flip TTA, labels) of one set of weights at input ``size``."""
     model = model_for(cfg)
@@ -148,10 +160,15 @@ def cmd_soup(args: argparse.Namespace) -> None:
     if len({(c.arch, tuple(c.classes), tuple(c.drop_blocks)) for c in cfgs}) != 1:
         raise SystemExit("soup: the checkpoints differ in architecture or classes; weights cannot be averaged")
     size = args.size or cfgs[0].input_size
+    if args.save and size != cfgs[0].input_size:
+        raise SystemExit("soup: --save keeps the trained input size; leave out --size")
+    n_val = 0
 
     def score(subset: tuple[int, ...]) -> float:
+        nonlocal n_val
         state = average([eval_weights(ckpts[i]) for i in subset])
         logits, labels = checkpoint_logits(cfgs[0], state, args.data, size)
+        n_val = len(labels)
         names = " + ".join(f"{args.models[i]} (epoch {ckpts[i].get('epoch')})" for i in subset)
         return report(f"{names} at {size} px", logits, labels)
 
@@ -160,15 +177,22 @@ def cmd_soup(args: argparse.Namespace) -> None:
         ranked = sorted(range(len(ckpts)), key=lambda i: -alone[i])
         chosen, best = greedy_soup(ranked, lambda s: alone[s[0]] if len(s) == 1 else score(s))
         print(f"greedy soup: {' + '.join(str(args.models[i]) for i in chosen)}: {best:.2%}")
-        return
-    if args.tail:
+    elif args.tail:
         results = {subset: score(subset) for subset in tails(len(ckpts))}
-        best = max(results, key=lambda s: (results[s], -len(s)))
-        print(f"best tail: the last {len(best)} of {len(ckpts)}: {results[best]:.2%}")
-        return
-    for r in range(1, len(ckpts) + 1):
-        for subset in itertools.combinations(range(len(ckpts)), r):
-            score(subset)
+        chosen = max(results, key=lambda s: (results[s], -len(s)))
+        best = results[chosen]
+        print(f"best tail: the last {len(chosen)} of {len(ckpts)}: {best:.2%}")
+    else:
+        results = {subset: score(subset) for r in range(1, len(ckpts) + 1)
+                   for subset in itertools.combinations(range(len(ckpts)), r)}
+        chosen = max(results, key=lambda s: (results[s], -len(s)))
+        best = results[chosen]
+    if args.save:
+        members = [args.models[i] for i in chosen]
+        state = average([eval_weights(ckpts[i]) for i in chosen])
+        checkpoint.save_atomic(soup_checkpoint([ckpts[i] for i in chosen], members, state, best, n_val),
+                               args.save)
+        print(f"saved the average of {len(chosen)} ({best:.2%}) as {args.save}")
 
 
 def cmd_ensemble(args: argparse.Namespace) -> None:
@@ -199,6 +223,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=0, help="checkpoints' input size; 0: as trained")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--greedy", action="store_true", help="soup: the greedy soup, not every subset")
+    parser.add_argument("--save", type=Path, default=None, metavar="PATH",
+                        help="soup: write the best average found as a checkpoint export/ takes")
     parser.add_argument("--tail", action="store_true",
                         help="soup: average the last k checkpoints as given (SWA), k = 1 .. n, not every subset")
     args = parser.parse_args(argv)
