@@ -17,8 +17,9 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import os
-import tempfile
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
@@ -28,7 +29,7 @@ Placer = Callable[[Path, Path], None]
 
 
 def current_umask() -> int:
-    """The process umask (files written via mkstemp get 0o666 minus this)."""
+    """The process umask (files created by ``open`` get 0o666 minus this)."""
     # os.umask can only be read by setting it; restore at once.
     mask = os.umask(0)
     os.umask(mask)
@@ -49,6 +50,23 @@ def create_new(tmp: Path, path: Path) -> None:
     os.link(tmp, path)
 
 
+# What tempfile.mkstemp opens with: a new private file, never through a link.
+_TEMP_FLAGS = (os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+               | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+
+
+def _temporary_names(path: Path) -> Iterator[Path]:
+    """Candidate temporary names next to ``path``: hidden, this process's, random."""
+    for _ in range(100):
+        yield path.parent / f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    raise FileExistsError(errno.EEXIST, f"no free temporary file name next to {path}")
+
+
+def _open_temporary(tmp: Path) -> int:
+    """Create ``tmp`` (0600, it must not exist) and return its descriptor."""
+    return os.open(tmp, _TEMP_FLAGS, 0o600)
+
+
 @contextmanager
 def atomic_write(path: Path, mode: str = "w", place: Placer = replace,
                  **open_kwargs: Any) -> Iterator[IO[Any]]:
@@ -64,17 +82,32 @@ def atomic_write(path: Path, mode: str = "w", place: Placer = replace,
     Raises:
         OSError: creating, writing or placing failed; nothing is left behind.
     """
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(name)
+    tmp: Path | None = None
+    fd = -1
     try:
-        with os.fdopen(fd, mode, **open_kwargs) as f:
+        # The name is chosen before the file exists (unlike with mkstemp), so a
+        # stop signal at any moment after the file is made reaches the
+        # ``finally`` below, which removes it.
+        for tmp in _temporary_names(path):
+            try:
+                fd = _open_temporary(tmp)
+                break
+            except FileExistsError:
+                tmp = None  # not made here: never ours to remove
+        assert tmp is not None  # the names run out with FileExistsError, never silently
+        try:
+            f = os.fdopen(fd, mode, **open_kwargs)
+        except BaseException:
+            os.close(fd)
+            raise
+        with f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        # mkstemp makes the file private (0600); give it the usual permissions.
+        # The file was made private (0600); give it the usual permissions.
         os.chmod(tmp, 0o666 & ~current_umask())
         place(tmp, path)
     finally:
         # After a rename the temporary name is gone; after a link or a failure it is not.
-        if os.path.lexists(tmp):
+        if tmp is not None and os.path.lexists(tmp):
             os.unlink(tmp)

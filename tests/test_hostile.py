@@ -559,9 +559,10 @@ def test_stop_signals_remove_the_temporary_file_and_exit_128_plus_n(tmp_path, mo
                              "--faces", "off", "--batch-size", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             # A suite started in the background (``pytest &``) inherits an
-                            # ignored SIGINT, which fer-edge rightly keeps ignored: give the
-                            # child the disposition a user's terminal would.
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            # ignored SIGINT, and one under ``nohup`` an ignored SIGHUP, which
+                            # fer-edge rightly keeps ignored: give the child the disposition a
+                            # user's terminal would.
+                            preexec_fn=lambda: signal.signal(getattr(signal, sig), signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while not list(tmp_path.glob(".out.jsonl.*.tmp")) and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -648,8 +649,7 @@ def test_disk_full_is_named_not_an_internal_error(tmp_path, model_path, monkeypa
         "Error: cannot write standard output: no space left on device"]
     # -o: the temporary file is on a full disk.
     out = tmp_path / "out.json"
-    monkeypatch.setattr("fer_edge.atomic.tempfile.mkstemp",
-                        lambda **kw: (os.open("/dev/full", os.O_WRONLY), str(tmp_path / ".t")))
+    monkeypatch.setattr("fer_edge.atomic._open_temporary", lambda tmp: os.open("/dev/full", os.O_WRONLY))
     r = _invoke("classify", str(face), "-o", str(out), model=model_path)
     assert r.exit_code == 1
     assert f"cannot write {out}: no space left on device" in r.stderr
@@ -726,3 +726,50 @@ def test_one_atomic_writer_leaves_nothing_behind_on_failure(tmp_path):
         f.write(b"new")
     assert target.read_bytes() == b"new"
     assert target.stat().st_mode & 0o777 == 0o666 & ~current_umask()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_a_stop_signal_right_after_the_temporary_file_is_made_leaves_nothing(tmp_path, monkeypatch):
+    """The race a loaded machine hit: SIGTERM between creating the file and the clean-up's ``try``."""
+    import signal
+
+    from fer_edge import atomic
+    from fer_edge.cli import Stopped, _raise_stopped
+
+    real_open = atomic._open_temporary
+
+    def open_then_signalled(tmp):
+        fd = real_open(tmp)
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler raises before the descriptor is returned
+        return fd
+
+    monkeypatch.setattr(atomic, "_open_temporary", open_then_signalled)
+    previous = signal.signal(signal.SIGTERM, _raise_stopped)
+    try:
+        with pytest.raises(Stopped):
+            with atomic.atomic_write(tmp_path / "out.json") as f:
+                f.write("never finished")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_writer_never_removes_a_file_it_did_not_make(tmp_path, monkeypatch):
+    from fer_edge import atomic
+
+    taken = tmp_path / ".out.json.taken.tmp"
+    taken.write_text("another writer's")
+    def only_taken_names(path):  # as the real generator ends when every name is taken
+        yield taken
+        raise FileExistsError(17, f"no free temporary file name next to {path}")
+
+    monkeypatch.setattr(atomic, "_temporary_names", only_taken_names)
+    with pytest.raises(FileExistsError, match="no free temporary file name"):
+        with atomic.atomic_write(tmp_path / "out.json") as f:
+            f.write("x")
+    assert taken.read_text() == "another writer's"
+    monkeypatch.undo()
+    with pytest.raises(ValueError):  # a bad mode: the descriptor is closed, the file removed
+        with atomic.atomic_write(tmp_path / "out.json", "nonsense"):
+            pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == [taken.name]
