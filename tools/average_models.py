@@ -177,16 +177,14 @@ def cmd_soup(args: argparse.Namespace) -> None:
         ranked = sorted(range(len(ckpts)), key=lambda i: -alone[i])
         chosen, best = greedy_soup(ranked, lambda s: alone[s[0]] if len(s) == 1 else score(s))
         print(f"greedy soup: {' + '.join(str(args.models[i]) for i in chosen)}: {best:.2%}")
-    elif args.tail:
-        results = {subset: score(subset) for subset in tails(len(ckpts))}
-        chosen = max(results, key=lambda s: (results[s], -len(s)))
-        best = results[chosen]
-        print(f"best tail: the last {len(chosen)} of {len(ckpts)}: {best:.2%}")
     else:
-        results = {subset: score(subset) for r in range(1, len(ckpts) + 1)
-                   for subset in itertools.combinations(range(len(ckpts)), r)}
-        chosen = max(results, key=lambda s: (results[s], -len(s)))
+        subsets = tails(len(ckpts)) if args.tail else [
+            subset for r in range(1, len(ckpts) + 1) for subset in itertools.combinations(range(len(ckpts)), r)]
+        results = {subset: score(subset) for subset in subsets}
+        chosen = max(results, key=lambda s: (results[s], -len(s)))  # on a tie, the fewer members
         best = results[chosen]
+        if args.tail:
+            print(f"best tail: the last {len(chosen)} of {len(ckpts)}: {best:.2%}")
     if args.save:
         members = [args.models[i] for i in chosen]
         state = average([eval_weights(ckpts[i]) for i in chosen])
