@@ -304,6 +304,8 @@ def build_info(cfg: ExportConfig, loaded: LoadedCheckpoint, val: dict[str, EvalR
     """The metadata stored in the file; val figures come from the ONNX graph when measured."""
     ckpt_val = loaded.val or {}
     measured = val.get(cfg.precision)
+    acc: float | None
+    f1: float | None
     if measured is not None:
         acc, f1, source = measured.accuracy, measured.macro_f1, f"onnx {cfg.precision} graph on {measured.n} val images"
     elif cfg.precision == "fp32" and ckpt_val and bool(ckpt_val.get("tta")) == (cfg.tta == "flip"):

@@ -130,9 +130,11 @@ def find_flip_tta(graph: onnx.GraphProto) -> FlipPattern:
             if add.op_type != "Add":
                 continue
             halves = [producers.get(name) for name in add.input]
-            if (len(halves) == 2 and all(h is not None and h.op_type == "Slice" for h in halves)
-                    and halves[0].input[0] == halves[1].input[0]):  # type: ignore[union-attr]
-                h0, h1 = halves  # type: ignore[misc]
+            if len(halves) != 2:
+                continue
+            h0, h1 = halves
+            if (h0 is not None and h1 is not None and h0.op_type == "Slice" and h1.op_type == "Slice"
+                    and h0.input[0] == h1.input[0]):
                 return FlipPattern(image, mirror, concat, h0.input[0], (h0, h1), add)
     raise NotApplicable("no batch Concat([x, flip(x)]) -> Slice halves -> Add pattern "
                         "(no flip TTA, or already rewritten)")
@@ -351,11 +353,11 @@ def dequantize_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
             continue  # handled at its DequantizeLinear
         elif node.op_type == "DequantizeLinear" and producers.get(node.input[0], node).op_type == "QuantizeLinear":
             quant = producers[node.input[0]]
-            scale = float(array(quant.input[1]))
+            q_scale = float(array(quant.input[1]))
             zp_init = inits[quant.input[2]]
-            zp = float(numpy_helper.to_array(zp_init))
+            q_zp = float(numpy_helper.to_array(zp_init))
             info = np.iinfo(helper.tensor_dtype_to_np_dtype(zp_init.data_type))
-            lo, hi = (info.min - zp) * scale, (info.max - zp) * scale
+            lo, hi = (info.min - q_zp) * q_scale, (info.max - q_zp) * q_scale
             lo_name, hi_name = node.output[0] + "_clip_min", node.output[0] + "_clip_max"
             new_inits += [numpy_helper.from_array(np.array(lo, np.float32), lo_name),
                           numpy_helper.from_array(np.array(hi, np.float32), hi_name)]

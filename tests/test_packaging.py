@@ -149,7 +149,10 @@ def test_ci_runs_ruff_and_mypy_before_the_tests():
     lines = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
     steps = [line for line in lines if line.startswith("python -m ")]
     assert steps.index("python -m ruff check .") < steps.index("python -m pytest -q")
-    assert steps.index("python -m mypy fer_edge") < steps.index("python -m pytest -q")
+    assert steps.index("python -m mypy") < steps.index("python -m pytest -q")
+    # Without arguments mypy checks pyproject.toml's `files`: the runtime and the scripts.
+    mypy = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["mypy"]
+    assert set(mypy["files"]) == {"fer_edge", "train", "export", "tools"}
 
 
 def _sample_photos() -> list:

@@ -80,7 +80,10 @@ def average(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     for key in states[0]:
         values = [s[key] for s in states]
         if torch.is_floating_point(values[0]):
-            out[key] = (sum(v.double() for v in values) / len(values)).to(values[0].dtype)
+            total = torch.zeros_like(values[0], dtype=torch.float64)
+            for v in values:
+                total = total + v.double()
+            out[key] = (total / len(values)).to(values[0].dtype)
         else:
             out[key] = values[-1]
     return out
@@ -98,7 +101,7 @@ def greedy_soup(ranked: list[int], score: Callable[[tuple[int, ...]], float]) ->
         >>> greedy_soup([2, 0, 1], lambda members: scores[members])
         ((2, 0), 0.82)
     """
-    chosen = (ranked[0],)
+    chosen: tuple[int, ...] = (ranked[0],)
     best = score(chosen)
     for i in ranked[1:]:
         trial = (*chosen, i)

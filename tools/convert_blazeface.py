@@ -166,7 +166,7 @@ def verify(tflite: Path, onnx_path: Path) -> float:
     from PIL import Image
 
     photo = REPO / "photos" / "astronaut.jpg"
-    img = Image.open(photo).convert("RGB").resize((192, 192), Image.BILINEAR)
+    img = Image.open(photo).convert("RGB").resize((192, 192), Image.Resampling.BILINEAR)
     x = (np.asarray(img, dtype=np.float32) / 127.5 - 1.0)[None]
     interpreter = tf.lite.Interpreter(model_path=str(tflite))
     interpreter.allocate_tensors()
@@ -224,7 +224,8 @@ def declare_sizes(model) -> int:
         if factor_h != factor_w or factor_h != int(factor_h):
             raise ValueError(f"{node.output[0]}: shape {shape} is not the input's size over a whole factor")
         f = int(factor_h)
-        size = ["batch", shape[1], "height" if f == 1 else f"height_div_{f}", "width" if f == 1 else f"width_div_{f}"]
+        size: list[str | int] = ["batch", shape[1], "height" if f == 1 else f"height_div_{f}",
+                                 "width" if f == 1 else f"width_div_{f}"]
         model.graph.value_info.append(onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, size))
         declared += 1
     return declared

@@ -80,7 +80,7 @@ def main() -> None:
             val = found("val", 0, mf.Scene.parse(text))
             labels = [s.label for s in val]
             bare = mf.correct(clf, [s.bare for s in val], labels)
-            row = {"n": len(val), "bare": round(float(bare.mean()), 4)}
+            row: dict[str, object] = {"n": len(val), "bare": round(float(bare.mean()), 4)}
             for variant, crops in [("box", [mf.SHIPPED.crop(s.scene, s.box) for s in val if s.box]),
                                    ("landmarks", [crop(s.scene, s.box, True) for s in val if s.box]),
                                    ("landmarks, never rotated", [crop(s.scene, s.box, False) for s in val if s.box])]:

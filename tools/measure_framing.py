@@ -186,7 +186,7 @@ def data_root() -> Path:
 
 def files_of(split: str, labels: list[str], per_class: int) -> list[tuple[str, Path]]:
     """(label, path) of the first ``per_class`` sorted files per class (0: all)."""
-    out = []
+    out: list[tuple[str, Path]] = []
     for label in labels:
         folder = data_root() / split / label
         files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)

@@ -50,7 +50,7 @@ _LITE_BN_EPS = 1e-3
 
 def _make_lite(model: nn.Module) -> None:
     """Turn a torchvision B0 into Lite0 in place: ReLU6 everywhere, no SE."""
-    for parent in list(model.features.modules()):
+    for parent in list(model.get_submodule("features").modules()):
         for name, child in parent.named_children():
             if isinstance(child, nn.SiLU):
                 setattr(parent, name, nn.ReLU6(inplace=True))
@@ -173,7 +173,7 @@ def load_lite0(model: nn.Module, path: Path | None = None) -> int:
 
     dst_convs: list[str] = []
     dst_bns: list[str] = []
-    for name, mod in model.features.named_modules():
+    for name, mod in model.get_submodule("features").named_modules():
         if isinstance(mod, nn.Conv2d) and not name.endswith(("fc1", "fc2")):
             dst_convs.append(f"features.{name}.weight")
         elif isinstance(mod, nn.BatchNorm2d):
@@ -197,8 +197,9 @@ def load_lite0(model: nn.Module, path: Path | None = None) -> int:
             state[d + field] = src[s + field].clone()
             copied += 1
     model.load_state_dict(state)
-    for name, mod in model.features.named_modules():
+    for name, mod in model.get_submodule("features").named_modules():
         if name.endswith("fc2") and isinstance(mod, nn.Conv2d):
+            assert mod.bias is not None  # torchvision builds the SE convolutions with a bias
             nn.init.zeros_(mod.weight)
             nn.init.constant_(mod.bias, _SE_NEUTRAL_BIAS)
     return copied

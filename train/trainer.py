@@ -41,7 +41,7 @@ def pick_device(choice: str) -> torch.device:
 
 def spec_of(cfg: TrainConfig) -> PreprocessSpec:
     """The preprocessing the runtime will apply for this model."""
-    return PreprocessSpec(input_size=cfg.input_size, mean=tuple(cfg.mean), std=tuple(cfg.std))
+    return PreprocessSpec(input_size=cfg.input_size, mean=cfg.mean, std=cfg.std)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -181,7 +181,7 @@ class Trainer:
         if state is None:
             init_weights(self.model, cfg.weights, cfg.classes)
         if cfg.freeze_backbone:
-            for p in self.model.features.parameters():
+            for p in self.model.get_submodule("features").parameters():
                 p.requires_grad_(False)
         self.model.to(self.device).to(memory_format=torch.channels_last)
         # self.net trains (gradients averaged over the processes); self.model is
@@ -334,8 +334,9 @@ class Trainer:
             correct += int((logits.argmax(1) == dominant_labels(y, mixed)).sum())
             seen += len(y)
         # Over all processes' shards: the epoch's numbers, as with one process.
-        total_loss, correct, seen = distributed.all_sum([total_loss, correct, seen], self.device)
-        return total_loss / seen, correct / seen
+        # (all_sum returns floats: the counts summed as float64, exact for whole numbers.)
+        loss_sum, correct_sum, seen_sum = distributed.all_sum([total_loss, correct, seen], self.device)
+        return loss_sum / seen_sum, correct_sum / seen_sum
 
     def _teacher_targets(self, idx: torch.Tensor, x01: torch.Tensor, mixed: Mixed) -> torch.Tensor | None:
         """Teacher logits for the batch: online on the (mixed) images, or cached and mixed alike."""
