@@ -69,3 +69,33 @@ def test_soup_save_writes_an_average_that_export_loads(ckpt_factory, tmp_path, c
     assert f"{saved['val']['accuracy']:.2%}" in printed.splitlines()[-2]
     loaded = load_checkpoint_model(out)  # export takes it like a trained checkpoint
     assert loaded.classes == list(LABELS3) and loaded.val["accuracy"] == saved["val"]["accuracy"]
+
+
+def test_views_scores_each_view_set_and_flip_matches_the_training_evaluation(ckpt_factory, tmp_path, capsys):
+    from tests.constants import LABELS3
+    from tools.average_models import checkpoint_logits, eval_weights, main
+    from train import checkpoint
+    from train.config import TrainConfig
+
+    data = ckpt_factory.make_image_folder(tmp_path / "data", LABELS3)
+    ckpt_path = ckpt_factory.make_checkpoint(tmp_path / "best.pt", LABELS3, seed=1)
+    main(["views", str(ckpt_path), "--data", str(data), "--threads", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    names = ["identity (1 views)", "flip (shipped) (2 views)", "flip + zoom (4 views)",
+             "flip + 4 shifts (10 views)", "all (12 views)"]
+    assert [line.split(":")[0] for line in lines] == names
+    # The shipped view set is exactly what training's evaluation scores (flip TTA).
+    ckpt = checkpoint.load(ckpt_path)
+    cfg = TrainConfig.from_dict(ckpt["config"])
+    logits, labels = checkpoint_logits(cfg, eval_weights(ckpt), data, cfg.input_size)
+    right = int((logits.argmax(1) == labels).sum())
+    assert f": {right} of {len(labels)} right" in lines[1]
+
+
+def test_views_refuses_anything_but_one_checkpoint(capsys):
+    from tools.average_models import main
+
+    with pytest.raises(SystemExit, match="one checkpoint"):
+        main(["views", "a.pt", "b.pt"])
+    with pytest.raises(SystemExit, match="one checkpoint"):
+        main(["views", "model.onnx"])

@@ -1,4 +1,4 @@
-"""Val accuracy of models averaged two ways: weights ("soup") and logits (ensemble).
+"""Val accuracy of models averaged three ways: weights ("soup"), logits (ensemble), views.
 
 Answers "would averaging help?" before anything is exported:
 
@@ -17,6 +17,11 @@ Answers "would averaging help?" before anything is exported:
 * ``ensemble``: the mean of the logits of checkpoints and/or exported ONNX
   files (each as it runs: a checkpoint with flip TTA, an ONNX file as its
   graph is), alone and together. Their labels must match.
+* ``views``: one checkpoint's logits averaged over test-time views of each
+  image, beyond the flip TTA that ships: the image shifted by 1/24 of its
+  side (2 px of FER-2013's 48) in each of four directions, and zoomed in by
+  1/8, each with its mirror. Prints the view sets identity, flip (as shipped),
+  flip + zoom, flip + shifts and all twelve.
 
 ``--save PATH`` writes the best average a ``soup`` run found as a checkpoint
 in ``best.pt``'s format (its members' config and preprocessing, the averaged
@@ -31,11 +36,13 @@ Usage::
     python tools/average_models.py soup --greedy runs/a/best.pt runs/b/best.pt runs/c/best.pt
     python tools/average_models.py soup --tail runs/a/epoch-00[6-9].pt runs/a/epoch-010.pt --save runs/a/swa.pt
     python tools/average_models.py ensemble runs/b0-128-from7e20-s3/best.pt fer_edge/models/default.onnx
+    python tools/average_models.py views runs/b0-96-7cls-det-ft/best.pt
 
 Measured with it (README, the model cards of ``default`` and ``fer7``): the
 EMA weights of ``fer7``'s epochs 16 and 20 averaged: 69.32% (the same 2,488
 images as either alone); at 112 px: 67.76%; ``b0-128-from7e20-s3`` and the
-shipped ``default``, mean logits: 82.92% (82.55% and 82.78% alone).
+shipped ``default``, mean logits: 82.92% (82.55% and 82.78% alone); ``fer7``
+over 10 and 12 views: 69.41% and 69.43% (69.38% with the shipped flip).
 """
 
 from __future__ import annotations
@@ -216,9 +223,58 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
     report("mean logits of all", np.mean([m[0] for m in members], axis=0), members[0][1])
 
 
+def shifted(images: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """(N, S, S) images moved right by ``dx`` and down by ``dy`` pixels, edges repeated.
+
+    Example:
+        >>> shifted(np.arange(9, dtype=np.uint8).reshape(1, 3, 3), 1, 0)[0].tolist()
+        [[0, 0, 1], [3, 3, 4], [6, 6, 7]]
+    """
+    pad = max(abs(dx), abs(dy))
+    size = images.shape[1]
+    wide = np.pad(images, ((0, 0), (pad, pad), (pad, pad)), mode="edge")
+    return wide[:, pad - dy:pad - dy + size, pad - dx:pad - dx + size]
+
+
+def view_sets(names: list[str]) -> dict[str, list[str]]:
+    """The view sets ``views`` reports, from the names of the views computed (``F``: mirrored)."""
+    shifts = [n for n in names if n.startswith("shift")]
+    return {"identity": ["identity"], "flip (shipped)": ["identity", "identityF"],
+            "flip + zoom": ["identity", "identityF", "zoom", "zoomF"],
+            "flip + 4 shifts": ["identity", "identityF", *shifts], "all": list(names)}
+
+
+def cmd_views(args: argparse.Namespace) -> None:
+    if len(args.models) != 1 or args.models[0].suffix == ".onnx":
+        raise SystemExit("views: give one checkpoint (.pt)")
+    ckpt = checkpoint.load(args.models[0])
+    cfg = TrainConfig.from_dict(ckpt["config"])
+    size = args.size or cfg.input_size
+    model = model_for(cfg)
+    model.load_state_dict(eval_weights(ckpt))
+    model = model.to(memory_format=torch.channels_last).eval()
+    spec = dataclasses.replace(spec_of(cfg), input_size=size)
+    val = load_split(args.data, "val", cfg.classes, size)
+    margin = size // 16  # zoom: decode 1/8 larger and keep the centre
+    big = load_split(args.data, "val", cfg.classes, size + 2 * margin).images
+    big = big[:, margin:margin + size, margin:margin + size]
+    step = max(1, size // 24)
+    images = {"identity": val.images, "zoom": big}
+    images.update({f"shift{dx:+d},{dy:+d}": shifted(val.images, dx, dy)
+                   for dx, dy in ((step, 0), (-step, 0), (0, step), (0, -step))})
+    logits: dict[str, np.ndarray] = {}
+    with torch.no_grad():
+        for name, imgs in images.items():
+            for suffix, view in (("", imgs), ("F", imgs[:, :, ::-1])):
+                logits[name + suffix] = predict_logits(model, normalize(np.ascontiguousarray(view), spec),
+                                                       torch.device("cpu"), tta=False)
+    for name, members in view_sets(list(logits)).items():
+        report(f"{name} ({len(members)} views)", np.mean([logits[m] for m in members], axis=0), val.labels)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("command", choices=("soup", "ensemble"))
+    parser.add_argument("command", choices=("soup", "ensemble", "views"))
     parser.add_argument("models", type=Path, nargs="+", help="checkpoints (.pt); ensemble: also .onnx files")
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "fer2013")
     parser.add_argument("--size", type=int, default=0, help="checkpoints' input size; 0: as trained")
@@ -232,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.greedy and args.tail:
         parser.error("--greedy and --tail choose the averages two different ways; give one")
     torch.set_num_threads(args.threads)
-    (cmd_soup if args.command == "soup" else cmd_ensemble)(args)
+    {"soup": cmd_soup, "ensemble": cmd_ensemble, "views": cmd_views}[args.command](args)
 
 
 if __name__ == "__main__":
