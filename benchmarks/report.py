@@ -121,13 +121,12 @@ def target_variant(runtimes: list[RuntimeResult], batch: int) -> Target:
 def target_preprocess(cli: list[CliTiming], note: str | None) -> Target:
     """Preprocessing under 20% of per-image time in the fp32 folder run."""
     goal = f"preprocessing < {MAX_PREPROCESS_SHARE:.0%} of per-image time in the `fer-edge classify` folder run"
-    shares = [c for c in cli if c.preprocess_share is not None]
-    if not shares:
+    first = next((c for c in cli if c.preprocess_share is not None), None)
+    if first is None or first.preprocess_share is None:
         return Target("preprocess_share", goal, note or "folder run not measured", "N/A")
-    first = shares[0]
     status = "PASS" if first.preprocess_share < MAX_PREPROCESS_SHARE else "MISS"
     measured = (f"{first.preprocess_share:.1%} ({first.preprocess_ms_per_image:.2f} of "
-                f"{first.steady_ms_per_image:.2f} ms/img, {Path(first.model).name})")
+                f"{_fmt(first.steady_ms_per_image, '.2f')} ms/img, {Path(first.model).name})")
     return Target("preprocess_share", goal, measured, status)
 
 
@@ -146,8 +145,8 @@ def table(runtimes: list[RuntimeResult], small: int, big: int) -> str:
         peak = (r.memory or {}).get("peak_mb")
         rows.append(
             f"{r.name:<16}{r.size_mb:>9.2f}{r.accuracy.accuracy:>10.4f}{r.accuracy.macro_f1:>10.4f}"
-            f"{_fmt(r.top1_agreement_vs_torch, '.2%'):>8}{_fmt(s and s.median_ms, '.3f'):>12}"
-            f"{_fmt(b and b.median_ms, '.3f'):>13}{_fmt(b and b.images_per_s, '.0f'):>10}"
+            f"{_fmt(r.top1_agreement_vs_torch, '.2%'):>8}{_fmt(s.median_ms if s else None, '.3f'):>12}"
+            f"{_fmt(b.median_ms if b else None, '.3f'):>13}{_fmt(b.images_per_s if b else None, '.0f'):>10}"
             f"{_fmt(r.speedup_vs_torch.get(small), '.2f'):>9}{_fmt(r.speedup_vs_torch.get(big), '.2f'):>10}"
             f"{_fmt(peak, '.0f'):>9}"
         )

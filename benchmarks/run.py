@@ -33,7 +33,7 @@ _VERSIONED = ("torch", "torchvision", "onnxruntime", "onnx", "onnxsim", "numpy",
 
 def machine_info() -> dict:
     """CPU, cores, load and library versions: what the figures depend on."""
-    versions = {}
+    versions: dict[str, str | None] = {}
     for name in _VERSIONED:
         try:
             versions[name] = importlib.metadata.version(name)
@@ -72,10 +72,11 @@ def load_runtimes(cfg: BenchConfig, models: list[Path], threads: int, notes: lis
     if onnx_rts:
         ref = next((r for r in onnx_rts if r.precision == "fp32"), onnx_rts[0])
         for r in onnx_rts:
-            if r.info.labels != ref.info.labels or r.info.preprocess != ref.info.preprocess:
+            info, ref_info = r.model_info, ref.model_info
+            if info.labels != ref_info.labels or info.preprocess != ref_info.preprocess:
                 raise ValueError(f"{r.path} and {ref.path} are not the same model: labels "
-                                 f"{r.info.labels} vs {ref.info.labels}, preprocessing "
-                                 f"{r.info.preprocess} vs {ref.info.preprocess}")
+                                 f"{info.labels} vs {ref_info.labels}, preprocessing "
+                                 f"{info.preprocess} vs {ref_info.preprocess}")
     if len({r.tta for r in onnx_rts}) > 1:
         notes.append("the ONNX models differ in TTA (" + ", ".join(f"{r.path.name}: {r.tta}" for r in onnx_rts)
                      + "): a +flip model does two forward passes per image")
@@ -90,7 +91,7 @@ def load_runtimes(cfg: BenchConfig, models: list[Path], threads: int, notes: lis
 
 def _check_provenance(torch_rt: Runtime, onnx_rts: list[Runtime], notes: list[str]) -> None:
     for r in onnx_rts:
-        stored = r.info.extra.get("checkpoint_sha256")
+        stored = r.model_info.extra.get("checkpoint_sha256")
         if stored and stored != torch_rt.sha256:
             notes.append(f"{r.path} was exported from different checkpoint(s) than {torch_rt.path} "
                          "(sha256 differs): comparisons with PyTorch are not like for like")
@@ -98,12 +99,14 @@ def _check_provenance(torch_rt: Runtime, onnx_rts: list[Runtime], notes: list[st
 
 def load_val(cfg: BenchConfig, runtimes: list[Runtime]) -> LabelledImages:
     """The val images of the model's classes, preprocessed by fer_edge (capped by ``limit``)."""
-    first = next((r for r in runtimes if r.info is not None), None)
+    first = next((r.info for r in runtimes if r.info is not None), None)
     if first is not None:
-        labels, spec = first.info.labels, first.info.preprocess
+        labels, spec = first.labels, first.preprocess
     else:
         from export.checkpoints import load_checkpoint_model
 
+        # No ONNX runtime: validate() then only lets a run through with a checkpoint.
+        assert cfg.checkpoint is not None, "no ONNX model and no checkpoint to read the classes from"
         loaded = load_checkpoint_model(Path(cfg.checkpoint))
         labels, spec = loaded.classes, loaded.spec
     per_class = math.ceil(cfg.limit / len(labels)) if cfg.limit else 0
@@ -155,7 +158,7 @@ def time_cli_runs(cfg: BenchConfig, runtimes: list[Runtime], val: LabelledImages
         notes.append("fer-edge classify not timed: no ONNX model")
         return []
     files = [Path(p) for p in val.paths]
-    labels = onnx_rts[0].info.labels
+    labels = onnx_rts[0].model_info.labels
     if cfg.limit:
         folder_inputs = files
     else:
@@ -166,7 +169,7 @@ def time_cli_runs(cfg: BenchConfig, runtimes: list[Runtime], val: LabelledImages
         log.info("timing fer-edge classify with %s", rt.path)
         try:
             timings.append(time_cli(rt.path, files[0], folder_inputs, len(files), files,
-                                    rt.info.preprocess, threads, cfg.cold_start_runs))
+                                    rt.model_info.preprocess, threads, cfg.cold_start_runs))
         except RuntimeError as exc:
             notes.append(f"fer-edge classify failed with {rt.path}: {exc}")
     return timings
@@ -183,7 +186,8 @@ def run_benchmarks(cfg: BenchConfig) -> BenchReport:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     threads = cfg.threads or default_threads()
-    machine, notes = machine_info(), []
+    machine = machine_info()
+    notes: list[str] = []
     runtimes = load_runtimes(cfg, ensure_fp32(cfg, threads), threads, notes)
     val = load_val(cfg, runtimes)
     size = val.inputs.shape[-1]
@@ -196,9 +200,10 @@ def run_benchmarks(cfg: BenchConfig) -> BenchReport:
         if rt.kind == "torch":
             torch_top1 = top1
         results.append(result)
-    base = results[0] if results[0].kind == "torch" else None
+    # PyTorch's median ms per batch size (every runtime is timed at every batch size).
+    base_ms = {s.batch: s.median_ms for s in results[0].latency} if results[0].kind == "torch" else None
     for r in results:
-        r.speedup_vs_torch = {s.batch: base.at(s.batch).median_ms / s.median_ms for s in r.latency} if base else {}
+        r.speedup_vs_torch = {s.batch: base_ms[s.batch] / s.median_ms for s in r.latency} if base_ms else {}
     for rt, r in zip(runtimes, results):
         r.memory = probe_memory(rt, size, max(cfg.batches), threads, 1 if cfg.quick else 3)
 

@@ -44,6 +44,17 @@ class Runtime:
     sha256: str | None = None
     members: list[Path] = field(default_factory=list)
 
+    @property
+    def model_info(self) -> ModelInfo:
+        """``info``, which every ONNX runtime has.
+
+        Raises:
+            ValueError: this runtime has no ONNX metadata (a PyTorch runtime).
+        """
+        if self.info is None:
+            raise ValueError(f"{self.name} ({self.kind}) has no ONNX metadata")
+        return self.info
+
 
 def onnx_runtime(path: Path, threads: int) -> Runtime:
     """An ONNX Runtime CPU session on an exported file (``threads`` intra-op threads).

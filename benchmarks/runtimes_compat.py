@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -320,14 +321,14 @@ def benchmark(models: dict[str, Path], data: Path | None, threads: int, seconds:
             inputs, labels, kind = model_inputs(path, data, limit)
             reference = run_all(ort_predict(path, threads), inputs)
             for runtime, make in runtimes:
-                rows.append(measure(name, runtime, "shipped", lambda m=make, p=path: m(p), inputs, kind,
+                rows.append(measure(name, runtime, "shipped", partial(make, path), inputs, kind,
                                     reference, labels, seconds))
                 print(_line(rows[-1]), file=sys.stderr)
             # Portable forms: in ONNX Runtime (cost of the rewrite) and OpenCV (why it exists).
             for what, form in portable_forms(path, Path(tmp)):
                 for runtime, make in runtimes:
                     if runtime.startswith(("ONNX Runtime", "OpenCV")):
-                        rows.append(measure(name, runtime, what, lambda m=make, f=form: m(f), inputs, kind,
+                        rows.append(measure(name, runtime, what, partial(make, form), inputs, kind,
                                             reference, labels, seconds))
                         print(_line(rows[-1]), file=sys.stderr)
     return rows
@@ -582,7 +583,7 @@ def benchmark_detector(threads: int, seconds: float, model: Path = DEFAULT_DETEC
     detect_all(recorder, images)
     rows = []
     for runtime, kind in installed_runtimes():
-        rows.append(measure_detector(runtime, "shipped", lambda k=kind: factories[k](model), model, images,
+        rows.append(measure_detector(runtime, "shipped", partial(factories[kind], model), model, images,
                                      want, recorder.calls, seconds))
         print(_detector_line(rows[-1]), file=sys.stderr)
     return rows

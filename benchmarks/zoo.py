@@ -105,11 +105,12 @@ def _group(name: str, path: Path, variants: list[Path], checkpoint: Path | None,
     """The runtimes timed together for one shipped model; failures become status rows."""
     runtimes = [onnx_runtime(path, threads)]
     runtimes[0].name = f"{name} (shipped, {runtimes[0].precision})"
-    size = runtimes[0].info.preprocess.input_size
+    shipped = runtimes[0].model_info
+    size = shipped.preprocess.input_size
     for v in variants:
         try:
             rt = onnx_runtime(v, threads)
-            if rt.info.labels != runtimes[0].info.labels or rt.info.preprocess != runtimes[0].info.preprocess:
+            if rt.model_info.labels != shipped.labels or rt.model_info.preprocess != shipped.preprocess:
                 raise ValueError("labels or preprocessing differ from the shipped model")
             rt.name = f"{name} variant {v.name} ({rt.precision})"
             runtimes.append(rt)
@@ -128,7 +129,7 @@ def _group(name: str, path: Path, variants: list[Path], checkpoint: Path | None,
 
 
 def _time_group(runtimes: list[Runtime], inputs: list[np.ndarray], cfg: BenchConfig) -> list[dict[int, float]]:
-    per = [dict() for _ in runtimes]  # type: list[dict[int, float]]
+    per: list[dict[int, float]] = [{} for _ in runtimes]
     for batch in cfg.batches:
         for d, stats in zip(per, measure_interleaved(runtimes, inputs, batch, cfg.timing())):
             d[batch] = stats.median_ms
@@ -166,7 +167,7 @@ def run_zoo(cfg: BenchConfig, variants: dict[str, list[Path]], checkpoints: dict
     for name, path in shipped_models().items():
         log.info("model %s", name)
         group = _group(name, path, variants.get(name, []), checkpoints.get(name), threads, rows)
-        info = group[0].info
+        info = group[0].model_info
         val = load_labelled(Path(cfg.data), "val", info.labels, info.preprocess,
                             max(1, cfg.limit // len(info.labels)) if cfg.limit else 0)
         *times, ref_ms = _time_group([*group, ref], [val.inputs] * len(group) + [ref_inputs], cfg)
@@ -188,7 +189,8 @@ def run_zoo(cfg: BenchConfig, variants: dict[str, list[Path]], checkpoints: dict
     rows.append(ref_row)
     report = {"machine": machine, "threads": threads, "batches": list(cfg.batches),
               "rows": [asdict(r) for r in rows], "targets": fast_targets(rows)}
-    report["machine"]["loadavg_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    # machine is report["machine"]: the end load goes into zoo.json with it.
+    machine["loadavg_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     (out / "zoo.json").write_text(json.dumps(report, indent=2, default=str))
     pareto_chart(rows, out / "zoo.png")
     return report
@@ -213,7 +215,8 @@ def fast_targets(rows: list[ZooRow]) -> list[dict]:
     # The reference timed in fast's own rounds when it was (same minutes), else its row.
     ref_ms = (fast.reference_ms_per_image or {}).get(big) or (ref.ms_per_image.get(big) if ref else None)
     speedup = ref_ms / b32 if ref_ms and b32 else None
-    drop = (fp32.val_accuracy - fast.val_accuracy) * 100 if fp32 and fp32.val_accuracy is not None else None
+    drop = ((fp32.val_accuracy - fast.val_accuracy) * 100
+            if fp32 and fp32.val_accuracy is not None and fast.val_accuracy is not None else None)
     cli = fast.cli or {}
     return [
         check(f"val accuracy >= {t['val_accuracy_min']:.1%}", fast.val_accuracy,
@@ -252,8 +255,11 @@ def pareto_chart(rows: list[ZooRow], path: Path, batch: int = 32) -> None:
     except ImportError:
         log.warning("no matplotlib: %s not drawn (pip install '.[bench]')", path)
         return
-    pts = [(r, r.ms_per_image.get(batch), r.val_accuracy) for r in rows
-           if r.status == "ok" and r.val_accuracy is not None and r.ms_per_image.get(batch)]
+    pts: list[tuple[ZooRow, float, float]] = []
+    for r in rows:
+        ms = r.ms_per_image.get(batch)
+        if r.status == "ok" and r.val_accuracy is not None and ms:
+            pts.append((r, ms, r.val_accuracy))
     front = set(pareto_front([(ms, acc) for _, ms, acc in pts]))
     fig, ax = plt.subplots(figsize=(8, 5))
     for i, (r, ms, acc) in enumerate(pts):

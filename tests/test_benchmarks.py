@@ -193,6 +193,17 @@ def test_speedup_compares_with_the_reference_timed_in_the_same_rounds():
     assert speedup["value"] == pytest.approx(4.0) and speedup["status"] == "MISS"
 
 
+def test_targets_without_fasts_accuracy_are_not_applicable_not_a_crash():
+    from benchmarks.zoo import ZooRow, fast_targets
+
+    fast = ZooRow("fast", "fast (shipped, int8)", "onnx", "int8", 96, "none", "fast.onnx", 1.0,
+                  ms_per_image={1: 0.6, 32: 0.4})  # timed, but not scored on val
+    fp32 = ZooRow("fast", "fast variant fast-fp32.onnx (fp32)", "onnx", "fp32", 96, "none", "f.onnx", 4.0,
+                  val_accuracy=0.82, ms_per_image={1: 0.9, 32: 0.6})
+    drop = next(t for t in fast_targets([fast, fp32]) if "int8 within" in t["target"])
+    assert drop["value"] is None and drop["status"] == "N/A"
+
+
 def test_quant_sweep_runs_a_recipe(tiny, tmp_path, capsys):
     code = sweep_main([str(tiny["ckpt"]), "--data", str(tiny["data"]), "--out", str(tmp_path),
                        "--recipe", "qoperator/pointwise/minmax/per-channel/u8s8", "--calib-images", "8",

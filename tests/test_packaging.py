@@ -150,9 +150,9 @@ def test_ci_runs_ruff_and_mypy_before_the_tests():
     steps = [line for line in lines if line.startswith("python -m ")]
     assert steps.index("python -m ruff check .") < steps.index("python -m pytest -q")
     assert steps.index("python -m mypy") < steps.index("python -m pytest -q")
-    # Without arguments mypy checks pyproject.toml's `files`: the runtime and the scripts.
+    # Without arguments mypy checks pyproject.toml's `files`: the runtime, the scripts and the benchmarks.
     mypy = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["mypy"]
-    assert set(mypy["files"]) == {"fer_edge", "train", "export", "tools"}
+    assert set(mypy["files"]) == {"fer_edge", "train", "export", "tools", "benchmarks"}
 
 
 def _sample_photos() -> list:
