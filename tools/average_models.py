@@ -137,11 +137,16 @@ def soup_checkpoint(ckpts: list[dict], members: list[Path], state: dict[str, tor
             "val": {"accuracy": accuracy, "n": n, "tta": True}, "soup": [str(m) for m in members]}
 
 
-def checkpoint_logits(cfg: TrainConfig, state: dict, data: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(val logits with flip TTA, labels) of one set of weights at input ``size``."""
+def eval_model(cfg: TrainConfig, state: dict) -> torch.nn.Module:
+    """The network of ``cfg`` holding ``state``, ready for evaluation (channels-last, eval mode)."""
     model = model_for(cfg)
     model.load_state_dict(state)
-    model = model.to(memory_format=torch.channels_last).eval()
+    return model.to(memory_format=torch.channels_last).eval()
+
+
+def checkpoint_logits(cfg: TrainConfig, state: dict, data: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(val logits with flip TTA, labels) of one set of weights at input ``size``."""
+    model = eval_model(cfg, state)
     val = load_split(data, "val", cfg.classes, size)
     spec = dataclasses.replace(spec_of(cfg), input_size=size)
     with torch.no_grad():
@@ -250,9 +255,7 @@ def cmd_views(args: argparse.Namespace) -> None:
     ckpt = checkpoint.load(args.models[0])
     cfg = TrainConfig.from_dict(ckpt["config"])
     size = args.size or cfg.input_size
-    model = model_for(cfg)
-    model.load_state_dict(eval_weights(ckpt))
-    model = model.to(memory_format=torch.channels_last).eval()
+    model = eval_model(cfg, eval_weights(ckpt))
     spec = dataclasses.replace(spec_of(cfg), input_size=size)
     val = load_split(args.data, "val", cfg.classes, size)
     margin = size // 16  # zoom: decode 1/8 larger and keep the centre
