@@ -3,6 +3,7 @@
 Examples:
     python -m export runs/b0-96/best.pt --out model.onnx --data ../shared/data/fer2013
     python -m export runs/b0-96/best.pt --out model-int8.onnx --data ../shared/data/fer2013 --precision int8
+    python -m export runs/b0-96/best.pt --out model-w16.onnx --data ../shared/data/fer2013 --weights fp16  # half size
     python -m export runs/b0-96/best.pt --out model-tta.onnx --tta flip --force
     python -m export runs/a/best.pt runs/b/best.pt --out ensemble.onnx   # mean of both models' logits
 
@@ -17,7 +18,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .onnx_export import MIN_OPSET, PRECISIONS, TTA_MODES, ExportConfig
+from .onnx_export import MIN_OPSET, PRECISIONS, TTA_MODES, WEIGHT_STORAGE, ExportConfig
 from .variants import CALIB_METHODS, INT8_TYPES, QUANT_FORMATS, QUANT_SCOPES, QuantConfig
 
 
@@ -31,7 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=None,
                    help="image-folder root with train/<class>/ and val/<class>/: parity on val images, "
                         "val accuracy per precision, int8 calibration")
-    p.add_argument("--precision", choices=PRECISIONS, default=d.precision)
+    p.add_argument("--precision", choices=PRECISIONS, default=d.precision,
+                   help="fp16: weights and compute; int8: ORT static quantization (recipe below)")
+    p.add_argument("--weights", choices=WEIGHT_STORAGE, default=d.weights,
+                   help="how an fp32 graph stores its weights; fp16 halves the file, compute stays fp32")
     p.add_argument("--opset", type=int, default=d.opset, help=f"ONNX opset, >= {MIN_OPSET} (default %(default)s)")
     p.add_argument("--tta", choices=TTA_MODES, default=d.tta,
                    help="flip: the graph averages the logits of the image and its mirror")
@@ -68,7 +72,7 @@ def config_from_args(a: argparse.Namespace) -> ExportConfig:
     )
     return ExportConfig(
         checkpoint=a.checkpoint[0], ensemble=tuple(a.checkpoint[1:]), out=a.out, data=a.data,
-        precision=a.precision, opset=a.opset,
+        precision=a.precision, weights=a.weights, opset=a.opset,
         tta=a.tta, calib_images=a.calib_images, force=a.force, model_version=a.model_version,
         parity_images=a.parity_images, val_limit_per_class=a.val_limit, threads=a.threads, quant=quant,
     )

@@ -58,11 +58,13 @@ from .evaluate import (
     score,
     stratified_sample,
 )
-from .variants import QuantConfig, to_fp16, to_int8
+from .variants import QuantConfig, to_fp16, to_int8, with_fp16_weights
 
 log = logging.getLogger("export")
 
 PRECISIONS = ("fp32", "fp16", "int8")
+#: How an fp32 graph stores its weights (``fp16``: half the file, fp32 compute).
+WEIGHT_STORAGE = ("fp32", "fp16")
 TTA_MODES = ("none", "flip")
 MIN_OPSET = 17
 INPUT_NAME = "input"
@@ -89,6 +91,8 @@ class ExportConfig:
         data: Image-folder root with ``train/<class>/`` and ``val/<class>/``;
             enables val-image parity, val accuracy and int8 calibration.
         precision: ``fp32``, ``fp16`` or ``int8``.
+        weights: How an ``fp32`` graph stores its weights: ``fp32``, or
+            ``fp16`` (half the file; widened at load, so compute stays fp32).
         opset: ONNX opset (17 or newer).
         tta: ``none`` or ``flip`` (graph averages image and mirror logits).
         ensemble: Further checkpoints with the same classes and preprocessing;
@@ -108,6 +112,7 @@ class ExportConfig:
     out: Path
     data: Path | None = None
     precision: str = "fp32"
+    weights: str = "fp32"
     opset: int = MIN_OPSET
     tta: str = "none"
     ensemble: tuple[Path, ...] = ()
@@ -125,6 +130,11 @@ class ExportConfig:
         """Raise ``ValueError`` (naming valid choices) for bad settings."""
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision {self.precision!r} is not one of {PRECISIONS}")
+        if self.weights not in WEIGHT_STORAGE:
+            raise ValueError(f"weights {self.weights!r} is not one of {WEIGHT_STORAGE}")
+        if self.weights == "fp16" and self.precision != "fp32":
+            raise ValueError(f"fp16 weights are for the fp32 precision; precision {self.precision} "
+                             "already stores its own weight type")
         if self.tta not in TTA_MODES:
             raise ValueError(f"tta {self.tta!r} is not one of {TTA_MODES}")
         if self.opset < MIN_OPSET:
@@ -137,6 +147,18 @@ class ExportConfig:
         if self.precision == "int8" and self.data is None:
             raise ValueError("int8 needs calibration images: pass data (--data DIR with train/<class>/)")
         self.quant.validate()
+
+    @property
+    def variant(self) -> str | None:
+        """The written graph's name when it is derived from the fp32 graph, else None.
+
+        Example:
+            >>> ExportConfig(Path("a.pt"), Path("a.onnx"), weights="fp16").variant
+            'fp32 (fp16 weights)'
+        """
+        if self.precision != "fp32":
+            return self.precision
+        return "fp32 (fp16 weights)" if self.weights == "fp16" else None
 
 
 @dataclass
@@ -175,13 +197,15 @@ class ExportReport:
     def summary(self) -> str:
         """Human-readable multi-line summary."""
         info = self.info
+        stored = info.extra.get("weights_storage")
+        written = f"{info.precision} ({stored} weights)" if stored else info.precision
         lines = [
             f"wrote {self.out} ({self.size_bytes / 1e6:.2f} MB; fp32 graph {self.fp32_size_bytes / 1e6:.2f} MB)",
-            f"  model {info.model_name} {info.model_version}, precision {info.precision}, "
+            f"  model {info.model_name} {info.model_version}, precision {written}, "
             f"tta {info.tta}, opset {info.extra.get('opset')}, labels {info.labels}, "
             f"input {info.preprocess.input_size}px",
             f"  nodes: {self.nodes_exported} exported -> {self.nodes_simplified} simplified"
-            + (f" -> {self.nodes_written} {info.precision}" if info.precision != "fp32" else ""),
+            + (f" -> {self.nodes_written} {written}" if written != "fp32" else ""),
         ]
         lines += [f"  parity {'info' if p.atol is None else 'OK  ' if p.passed else 'FAIL'} {p.describe()}"
                   for p in self.parity]
@@ -290,7 +314,9 @@ def check_fp32_parity(model: nn.Module, raw: bytes, simplified: bytes, inputs: n
 
 def make_variant(simplified: onnx.ModelProto, cfg: ExportConfig, spec: PreprocessSpec,
                  classes: list[str]) -> onnx.ModelProto:
-    """The fp16 or int8 graph derived from the simplified fp32 graph."""
+    """The fp16, int8 or fp16-stored graph derived from the simplified fp32 graph."""
+    if cfg.weights == "fp16":
+        return with_fp16_weights(simplified)
     if cfg.precision == "fp16":
         return to_fp16(simplified)
     assert cfg.data is not None  # validate() guarantees it for int8
@@ -303,12 +329,13 @@ def build_info(cfg: ExportConfig, loaded: LoadedCheckpoint, val: dict[str, EvalR
                extra: dict, temperature: float = 1.0) -> ModelInfo:
     """The metadata stored in the file; val figures come from the ONNX graph when measured."""
     ckpt_val = loaded.val or {}
-    measured = val.get(cfg.precision)
+    written = cfg.variant or "fp32"
+    measured = val.get(written)
     acc: float | None
     f1: float | None
     if measured is not None:
-        acc, f1, source = measured.accuracy, measured.macro_f1, f"onnx {cfg.precision} graph on {measured.n} val images"
-    elif cfg.precision == "fp32" and ckpt_val and bool(ckpt_val.get("tta")) == (cfg.tta == "flip"):
+        acc, f1, source = measured.accuracy, measured.macro_f1, f"onnx {written} graph on {measured.n} val images"
+    elif cfg.variant is None and ckpt_val and bool(ckpt_val.get("tta")) == (cfg.tta == "flip"):
         # The checkpoint's figure describes this graph only when the TTA setting matches.
         acc, f1 = ckpt_val.get("accuracy"), ckpt_val.get("macro_f1")
         source = f"checkpoint (pytorch, tta={ckpt_val.get('tta')}, {ckpt_val.get('n')} val images)"
@@ -439,24 +466,25 @@ def _variant_val(cfg: ExportConfig, fp32: bytes, variant: bytes | None, val: Lab
 
     Warns when the variant loses > 1 point.
     """
+    name = cfg.variant or "fp32"
     if val is None:
         if variant is not None:
-            report_warnings.append(f"{cfg.precision} accuracy loss NOT measured (no --data); "
+            report_warnings.append(f"{name} accuracy loss NOT measured (no --data); "
                                    "measure it before shipping this file")
         return {}, None
     logits = {"fp32": run_session(make_session(fp32, cfg.threads), val.inputs)}
     if variant is not None:
-        logits[cfg.precision] = run_session(make_session(variant, cfg.threads), val.inputs)
+        logits[name] = run_session(make_session(variant, cfg.threads), val.inputs)
     results = {k: score(v, val.labels, val.classes) for k, v in logits.items()}
     if variant is not None:
-        drop = results["fp32"].accuracy - results[cfg.precision].accuracy
+        drop = results["fp32"].accuracy - results[name].accuracy
         if drop > MAX_ACCURACY_DROP:
             report_warnings.append(
-                f"{cfg.precision} loses {drop * 100:.2f} points of val accuracy vs fp32 "
-                f"({results[cfg.precision].accuracy:.4f} vs {results['fp32'].accuracy:.4f}), "
+                f"{name} loses {drop * 100:.2f} points of val accuracy vs fp32 "
+                f"({results[name].accuracy:.4f} vs {results['fp32'].accuracy:.4f}), "
                 f"more than the {MAX_ACCURACY_DROP * 100:.0f}-point budget"
             )
-    return results, logits[cfg.precision]
+    return results, logits[name]
 
 
 def _calibration(cfg: ExportConfig, logits: np.ndarray | None, val: LabelledImages | None,
@@ -473,14 +501,18 @@ def _calibration(cfg: ExportConfig, logits: np.ndarray | None, val: LabelledImag
 
 def _variant_speed(cfg: ExportConfig, fp32: bytes, variant: bytes | None, inputs: np.ndarray,
                    report_warnings: list[str]) -> dict[str, float]:
-    """Batch-32 ms/image of fp32 and the variant; warns when the variant is not faster."""
-    if variant is None:
+    """Batch-32 ms/image of fp32 and the variant; warns when a reduced precision is not faster.
+
+    fp16 storage computes in fp32, so it is timed but expected to match fp32, not to beat it.
+    """
+    if variant is None or cfg.variant is None:
         return {}
+    name = cfg.variant
     speed = {"fp32": median_ms_per_image(make_session(fp32, cfg.threads), inputs),
-             cfg.precision: median_ms_per_image(make_session(variant, cfg.threads), inputs)}
-    if speed[cfg.precision] >= speed["fp32"]:
+             name: median_ms_per_image(make_session(variant, cfg.threads), inputs)}
+    if cfg.precision != "fp32" and speed[name] >= speed["fp32"]:
         report_warnings.append(
-            f"{cfg.precision} is NOT faster than fp32 at batch 32 here ({speed[cfg.precision]:.3f} vs "
+            f"{name} is NOT faster than fp32 at batch 32 here ({speed[name]:.3f} vs "
             f"{speed['fp32']:.3f} ms/image): it only saves file size; confirm with python -m benchmarks"
         )
     return speed
@@ -521,15 +553,15 @@ def export_checkpoint(cfg: ExportConfig) -> ExportReport:
     parity = check_fp32_parity(model, raw_bytes, fp32_bytes, inputs, source, cfg)
 
     final, variant_bytes = simplified, None
-    if cfg.precision != "fp32":
+    if cfg.variant is not None:
         final = make_variant(simplified, cfg, loaded.spec, loaded.classes)
-        check_graph_contract(final, n_cls, f"{cfg.precision} graph")
+        check_graph_contract(final, n_cls, f"{cfg.variant} graph")
         variant_bytes = final.SerializeToString()
         fp32_out = run_session(make_session(fp32_bytes, cfg.threads), inputs)
         var_out = run_session(make_session(variant_bytes, cfg.threads), inputs)
-        check = compare(f"onnx {cfg.precision} vs onnx fp32", source, fp32_out, var_out, atol=None)
+        check = compare(f"onnx {cfg.variant} vs onnx fp32", source, fp32_out, var_out, atol=None)
         if not np.isfinite(var_out).all():
-            raise ExportError(f"{cfg.precision} graph produced non-finite logits; nothing written")
+            raise ExportError(f"{cfg.variant} graph produced non-finite logits; nothing written")
         parity.append(check)
 
     report_warnings: list[str] = []
@@ -550,6 +582,8 @@ def export_checkpoint(cfg: ExportConfig) -> ExportReport:
         "speed": measure_speed(variant_bytes if variant_bytes is not None else fp32_bytes, inputs, cfg.threads),
         "calibration": None if calibration is None or cfg.data is None else calibration_facts(calibration, cfg.data),
     }
+    if cfg.weights != "fp32":
+        extra["weights_storage"] = cfg.weights
     if cfg.precision == "int8":
         extra["quantization"] = {**cfg.quant.to_dict(), "calibration_images": cfg.calib_images}
     info = build_info(cfg, loaded, val_results, extra,

@@ -618,15 +618,26 @@ def _describe_temperature(m: dict) -> str:
     return text
 
 
+def _describe_precision(precision: str, weights: str | None) -> str:
+    """The compute precision, and the weights' storage type when it differs.
+
+    Example:
+        >>> _describe_precision("fp32", "fp16"), _describe_precision("int8", None)
+        ('fp32, fp16 weights', 'int8')
+    """
+    return f"{precision}, {weights} weights" if weights and weights != precision else precision
+
+
 def _print_info(d: dict) -> None:
     m = d["model"]
+    precision = _describe_precision(m["precision"], m["extra"].get("weights_storage"))
     p = m["preprocess"]
     rows = [
         ("model", d["model_path"]),
         ("labels", ", ".join(m["labels"])),
         ("input", f"{p['input_size']}x{p['input_size']}, {describe_color_mode(p['color_mode'])}, "
                   f"mean {p['mean']}, std {p['std']}"),
-        ("architecture", f"{m['model_name']} ({m['precision']}, tta {m['tta']})"),
+        ("architecture", f"{m['model_name']} ({precision}, tta {m['tta']})"),
         ("version", m["model_version"]),
         ("trained on", describe_training_data(m["training_data"]) or "-"),
         ("val accuracy", "-" if m["val_accuracy"] is None else f"{m['val_accuracy']:.4f}"),
@@ -676,7 +687,8 @@ def _cell(value: object, fmt: str = "{}") -> str:
 def _print_models(cards: list[dict]) -> None:
     head = ("name", "labels", "input", "precision", "size", "val acc", "ms/img b1", "ms/img b32",
             "architecture")
-    rows = [(c["name"], ",".join(c["labels"]), f"{c['input_size']}px", c["precision"],
+    rows = [(c["name"], ",".join(c["labels"]), f"{c['input_size']}px",
+             _describe_precision(c["precision"], c["weights"]),
              f"{c['size_bytes'] / 1e6:.1f} MB", _cell(c["val_accuracy"], "{:.2%}"),
              _cell(c["ms_per_image_b1"], "{:.3f}"), _cell(c["ms_per_image_b32"], "{:.3f}"),
              c["architecture"]) for c in cards]

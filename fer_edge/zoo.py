@@ -72,7 +72,8 @@ def model_card(name: str, path: Path) -> dict:
 
     Speed figures are those export measured and stored (``extra["speed"]``);
     ``None`` when the file has none. ``temperature`` is the softmax temperature
-    the runtime applies; ``calibration`` what fitting it measured on val
+    the runtime applies; ``weights`` the type the file stores its weights in
+    (``fp16`` for an fp32 model exported with ``--weights fp16``); ``calibration`` what fitting it measured on val
     (``extra["calibration"]``: ECE before and after, 2-fold CV), ``None`` if never fitted.
 
     Example:
@@ -93,6 +94,7 @@ def model_card(name: str, path: Path) -> dict:
         "labels": list(info.labels),
         "input_size": info.preprocess.input_size,
         "precision": info.precision,
+        "weights": str(info.extra.get("weights_storage", info.precision)),
         "tta": info.tta,
         "val_accuracy": info.val_accuracy,
         "val_macro_f1": info.val_macro_f1,

@@ -41,6 +41,8 @@ class ModelOptions:
         std: Normalisation std written in the metadata.
         training_data: The metadata's ``training_data`` text.
         temperature: The metadata's softmax temperature.
+        weights_storage: The metadata's ``extra["weights_storage"]`` (what
+            ``python -m export --weights fp16`` records), or None for none.
     """
 
     input_size: int = 32
@@ -56,6 +58,7 @@ class ModelOptions:
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     training_data: str = ""
     temperature: float = 1.0
+    weights_storage: str | None = None
 
 
 def _const(name: str, arr: np.ndarray) -> TensorProto:
@@ -106,7 +109,8 @@ def build_model(path: Path, labels: Sequence[str], opts: ModelOptions = ModelOpt
         spec = PreprocessSpec(input_size=opts.input_size, mean=opts.mean, std=opts.std)
         info = ModelInfo(labels=list(labels), preprocess=spec, model_name="test_cnn",
                          model_version="test", precision="fp16" if opts.float16 else "fp32",
-                         training_data=opts.training_data, temperature=opts.temperature)
+                         training_data=opts.training_data, temperature=opts.temperature,
+                         extra={"weights_storage": opts.weights_storage} if opts.weights_storage else {})
         helper.set_model_props(model, info.to_props())
     onnx.checker.check_model(model)
     path = Path(path)

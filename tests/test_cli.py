@@ -442,6 +442,22 @@ def test_info_and_models_show_the_temperature(tmp_path, make_model, monkeypatch)
     assert (card["temperature"], card["calibration"]) == (1.5, None)
 
 
+def test_info_and_models_name_fp16_stored_weights(tmp_path, make_model, monkeypatch):
+    """A file exported with --weights fp16 computes in fp32; both facts are shown."""
+    from fer_edge import zoo
+
+    model = make_model(tmp_path, LABELS2, name="default.onnx", weights_storage="fp16")
+    r = invoke("info", model=model)
+    assert r.exit_code == 0, r.stderr
+    assert "architecture: test_cnn (fp32, fp16 weights, tta none)" in r.stdout
+    monkeypatch.setattr(zoo, "MODELS_DIR", tmp_path)
+    r = CliRunner().invoke(cli, ["models"])
+    assert r.exit_code == 0, r.output
+    assert "fp32, fp16 weights" in r.output.splitlines()[1]
+    card = json.loads(CliRunner().invoke(cli, ["models", "--json"]).output)[0]
+    assert (card["precision"], card["weights"]) == ("fp32", "fp16")
+
+
 def test_json_on_stdout_stays_whole_when_the_run_fails_midway(photos, model_path, monkeypatch):
     """A failure after some images (here the model) still closes the JSON array on stdout."""
     from fer_edge import ModelError

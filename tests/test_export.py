@@ -398,3 +398,28 @@ def test_calibrate_stamp_refuses_files_that_are_not_fer_edge_models(content, dat
     err = capsys.readouterr().err
     assert path.name in err and ("no 'fer_edge' metadata" in err or "not a loadable ONNX model" in err)
     assert path.read_bytes() == before
+
+
+def test_fp16_weights_halve_the_file_and_keep_fp32_compute(ckpt3, data3, tmp_path):
+    plain, half = tmp_path / "fp32.onnx", tmp_path / "fp16w.onnx"
+    export_checkpoint(ExportConfig(checkpoint=ckpt3, out=plain, data=data3, threads=1))
+    report = export_checkpoint(ExportConfig(checkpoint=ckpt3, out=half, data=data3, weights="fp16", threads=1))
+    info = ModelInfo.from_props(_session(half).get_modelmeta().custom_metadata_map)
+    assert info.precision == "fp32" and info.extra["weights_storage"] == "fp16"
+    assert set(report.val) == {"fp32", "fp32 (fp16 weights)"} and "fp16 weights" in report.summary()
+    assert report.parity[-1].what == "onnx fp32 (fp16 weights) vs onnx fp32"
+    graph = onnx.load(half).graph
+    weights = [i for i in graph.initializer if len(i.dims) >= 2]
+    assert weights and all(i.data_type == onnx.TensorProto.FLOAT16 for i in weights)
+    assert all(i.data_type == onnx.TensorProto.FLOAT for i in graph.initializer if len(i.dims) < 2)
+    assert half.stat().st_size < 0.6 * plain.stat().st_size
+    x = np.random.default_rng(0).uniform(-1, 1, (4, 3, 32, 32)).astype(np.float32)
+    a, b = _session(plain).run(None, {"input": x})[0], _session(half).run(None, {"input": x})[0]
+    assert b.dtype == np.float32 and 0 < np.abs(a - b).max() < 1e-2
+
+
+def test_fp16_weights_only_for_fp32(ckpt3, tmp_path):
+    with pytest.raises(ValueError, match="fp16 weights are for the fp32 precision"):
+        export_checkpoint(ExportConfig(checkpoint=ckpt3, out=tmp_path / "m.onnx", precision="fp16", weights="fp16"))
+    with pytest.raises(ValueError, match=r"\('fp32', 'fp16'\)"):
+        export_checkpoint(ExportConfig(checkpoint=ckpt3, out=tmp_path / "m.onnx", weights="bf16"))

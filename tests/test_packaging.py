@@ -234,6 +234,8 @@ def test_readme_model_cards_match_the_shipped_models_metadata():
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert f"{card['input_size']} px" in cells, (card["name"], cells)
         assert card["precision"] in " ".join(cells)
+        if card["weights"] != card["precision"]:
+            assert f"{card['weights']} weights" in " ".join(cells), (card["name"], cells)
         assert f"{card['size_bytes'] / 1e6:.1f} MB" in cells
         acc = re.search(r"(\d+\.\d\d)%", " ".join(cells[6:7]))
         assert acc and float(acc.group(1)) == round(card["val_accuracy"] * 100, 2), (card["name"], cells)
