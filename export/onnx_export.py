@@ -73,6 +73,17 @@ OUTPUT_NAME = "logits"
 MAX_ACCURACY_DROP = 0.01
 
 
+def graph_name(precision: str, stored: str | None) -> str:
+    """How export names a graph in reports and metadata keys: its precision, and the
+    type its weights are stored in when that is not the precision's own.
+
+    Example:
+        >>> graph_name("fp32", "fp16"), graph_name("int8", None)
+        ('fp32 (fp16 weights)', 'int8')
+    """
+    return f"{precision} ({stored} weights)" if stored else precision
+
+
 class ExportError(RuntimeError):
     """An export check failed or the output cannot be written; nothing was written."""
 
@@ -149,16 +160,19 @@ class ExportConfig:
         self.quant.validate()
 
     @property
-    def variant(self) -> str | None:
-        """The written graph's name when it is derived from the fp32 graph, else None.
+    def written(self) -> str:
+        """The written graph's name (:func:`graph_name`): ``fp32`` unless it is a variant.
 
         Example:
-            >>> ExportConfig(Path("a.pt"), Path("a.onnx"), weights="fp16").variant
+            >>> ExportConfig(Path("a.pt"), Path("a.onnx"), weights="fp16").written
             'fp32 (fp16 weights)'
         """
-        if self.precision != "fp32":
-            return self.precision
-        return "fp32 (fp16 weights)" if self.weights == "fp16" else None
+        return graph_name(self.precision, None if self.weights == "fp32" else self.weights)
+
+    @property
+    def variant(self) -> str | None:
+        """The written graph's name when it is derived from the fp32 graph, else None."""
+        return None if self.written == "fp32" else self.written
 
 
 @dataclass
@@ -197,8 +211,7 @@ class ExportReport:
     def summary(self) -> str:
         """Human-readable multi-line summary."""
         info = self.info
-        stored = info.extra.get("weights_storage")
-        written = f"{info.precision} ({stored} weights)" if stored else info.precision
+        written = graph_name(info.precision, info.extra.get("weights_storage"))
         lines = [
             f"wrote {self.out} ({self.size_bytes / 1e6:.2f} MB; fp32 graph {self.fp32_size_bytes / 1e6:.2f} MB)",
             f"  model {info.model_name} {info.model_version}, precision {written}, "
@@ -329,7 +342,7 @@ def build_info(cfg: ExportConfig, loaded: LoadedCheckpoint, val: dict[str, EvalR
                extra: dict, temperature: float = 1.0) -> ModelInfo:
     """The metadata stored in the file; val figures come from the ONNX graph when measured."""
     ckpt_val = loaded.val or {}
-    written = cfg.variant or "fp32"
+    written = cfg.written
     measured = val.get(written)
     acc: float | None
     f1: float | None
@@ -466,7 +479,7 @@ def _variant_val(cfg: ExportConfig, fp32: bytes, variant: bytes | None, val: Lab
 
     Warns when the variant loses > 1 point.
     """
-    name = cfg.variant or "fp32"
+    name = cfg.written
     if val is None:
         if variant is not None:
             report_warnings.append(f"{name} accuracy loss NOT measured (no --data); "
@@ -505,9 +518,9 @@ def _variant_speed(cfg: ExportConfig, fp32: bytes, variant: bytes | None, inputs
 
     fp16 storage computes in fp32, so it is timed but expected to match fp32, not to beat it.
     """
-    if variant is None or cfg.variant is None:
+    if variant is None:
         return {}
-    name = cfg.variant
+    name = cfg.written
     speed = {"fp32": median_ms_per_image(make_session(fp32, cfg.threads), inputs),
              name: median_ms_per_image(make_session(variant, cfg.threads), inputs)}
     if cfg.precision != "fp32" and speed[name] >= speed["fp32"]:
