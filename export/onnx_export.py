@@ -28,6 +28,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -302,16 +303,18 @@ def _parity_inputs(cfg: ExportConfig, spec: PreprocessSpec, val: LabelledImages 
     return random_inputs(spec, cfg.parity_images, cfg.seed), "random inputs"
 
 
-def check_fp32_parity(model: nn.Module, raw: bytes, simplified: bytes, inputs: np.ndarray,
+def check_fp32_parity(model: nn.Module, raw: bytes, sim_session: Any, inputs: np.ndarray,
                       source: str, cfg: ExportConfig) -> list[Parity]:
     """Enforced checks: ORT vs PyTorch, simplified vs unsimplified, batch 1 vs batched.
+
+    ``sim_session`` runs the simplified graph; the export reuses it for every
+    later fp32 figure rather than building the session again.
 
     Raises:
         ExportError: any check out of tolerance (the message lists them).
     """
     ref = torch_logits(model, inputs)
     raw_out = run_session(make_session(raw, cfg.threads), inputs)
-    sim_session = make_session(simplified, cfg.threads)
     sim_out = run_session(sim_session, inputs)
     single = np.concatenate([run_session(sim_session, inputs[i : i + 1]) for i in range(min(8, len(inputs)))])
     checks = [
@@ -392,13 +395,12 @@ def training_data(data: str, classes: str) -> str:
     return f"{Path(data).name or data}, train split (classes {classes})"
 
 
-def measure_speed(graph: bytes, inputs: np.ndarray, threads: int) -> dict:
-    """Median ms/image of the written graph at batch 1 and 32 on the CPU, for the metadata.
+def measure_speed(session: Any, inputs: np.ndarray, threads: int) -> dict:
+    """Median ms/image of the written graph's session at batch 1 and 32 on the CPU, for the metadata.
 
     ``fer-edge models`` shows these; ``python -m benchmarks`` measures properly
     (more repeats, every model in one run).
     """
-    session = make_session(graph, threads)
     return {
         "ms_per_image_b1": round(median_ms_per_image(session, inputs, batch=1, calls=50, warmup=10), 4),
         "ms_per_image_b32": round(median_ms_per_image(session, inputs, batch=32, calls=20, warmup=3), 4),
@@ -473,9 +475,9 @@ def _val_facts(val: dict | None) -> dict | None:
     return {k: val.get(k) for k in ("accuracy", "macro_f1", "tta", "n")} if val else None
 
 
-def _variant_val(cfg: ExportConfig, fp32: bytes, variant: bytes | None, val: LabelledImages | None,
+def _variant_val(cfg: ExportConfig, fp32: Any, variant: Any | None, val: LabelledImages | None,
                  report_warnings: list[str]) -> tuple[dict[str, EvalResult], np.ndarray | None]:
-    """Val metrics of fp32 and the variant, and the written graph's val logits.
+    """Val metrics of fp32 and the variant (their sessions), and the written graph's val logits.
 
     Warns when the variant loses > 1 point.
     """
@@ -485,9 +487,9 @@ def _variant_val(cfg: ExportConfig, fp32: bytes, variant: bytes | None, val: Lab
             report_warnings.append(f"{name} accuracy loss NOT measured (no --data); "
                                    "measure it before shipping this file")
         return {}, None
-    logits = {"fp32": run_session(make_session(fp32, cfg.threads), val.inputs)}
+    logits = {"fp32": run_session(fp32, val.inputs)}
     if variant is not None:
-        logits[name] = run_session(make_session(variant, cfg.threads), val.inputs)
+        logits[name] = run_session(variant, val.inputs)
     results = {k: score(v, val.labels, val.classes) for k, v in logits.items()}
     if variant is not None:
         drop = results["fp32"].accuracy - results[name].accuracy
@@ -512,17 +514,16 @@ def _calibration(cfg: ExportConfig, logits: np.ndarray | None, val: LabelledImag
     return cal
 
 
-def _variant_speed(cfg: ExportConfig, fp32: bytes, variant: bytes | None, inputs: np.ndarray,
+def _variant_speed(cfg: ExportConfig, fp32: Any, variant: Any | None, inputs: np.ndarray,
                    report_warnings: list[str]) -> dict[str, float]:
-    """Batch-32 ms/image of fp32 and the variant; warns when a reduced precision is not faster.
+    """Batch-32 ms/image of fp32 and the variant (their sessions); warns when a reduced precision is not faster.
 
     fp16 storage computes in fp32, so it is timed but expected to match fp32, not to beat it.
     """
     if variant is None:
         return {}
     name = cfg.written
-    speed = {"fp32": median_ms_per_image(make_session(fp32, cfg.threads), inputs),
-             name: median_ms_per_image(make_session(variant, cfg.threads), inputs)}
+    speed = {"fp32": median_ms_per_image(fp32, inputs), name: median_ms_per_image(variant, inputs)}
     if cfg.precision != "fp32" and speed[name] >= speed["fp32"]:
         report_warnings.append(
             f"{name} is NOT faster than fp32 at batch 32 here ({speed[name]:.3f} vs "
@@ -563,24 +564,26 @@ def export_checkpoint(cfg: ExportConfig) -> ExportReport:
     raw_bytes, fp32_bytes = raw.SerializeToString(), simplified.SerializeToString()
 
     inputs, source = _parity_inputs(cfg, loaded.spec, val)
-    parity = check_fp32_parity(model, raw_bytes, fp32_bytes, inputs, source, cfg)
+    # One ONNX Runtime session per graph for every check, score and timing below.
+    fp32_session = make_session(fp32_bytes, cfg.threads)
+    parity = check_fp32_parity(model, raw_bytes, fp32_session, inputs, source, cfg)
 
-    final, variant_bytes = simplified, None
+    final, variant_session = simplified, None
     if cfg.variant is not None:
         final = make_variant(simplified, cfg, loaded.spec, loaded.classes)
         check_graph_contract(final, n_cls, f"{cfg.variant} graph")
-        variant_bytes = final.SerializeToString()
-        fp32_out = run_session(make_session(fp32_bytes, cfg.threads), inputs)
-        var_out = run_session(make_session(variant_bytes, cfg.threads), inputs)
+        variant_session = make_session(final.SerializeToString(), cfg.threads)
+        fp32_out = run_session(fp32_session, inputs)
+        var_out = run_session(variant_session, inputs)
         check = compare(f"onnx {cfg.variant} vs onnx fp32", source, fp32_out, var_out, atol=None)
         if not np.isfinite(var_out).all():
             raise ExportError(f"{cfg.variant} graph produced non-finite logits; nothing written")
         parity.append(check)
 
     report_warnings: list[str] = []
-    val_results, final_logits = _variant_val(cfg, fp32_bytes, variant_bytes, val, report_warnings)
+    val_results, final_logits = _variant_val(cfg, fp32_session, variant_session, val, report_warnings)
     calibration = _calibration(cfg, final_logits, val, report_warnings)
-    speed = _variant_speed(cfg, fp32_bytes, variant_bytes, inputs, report_warnings)
+    speed = _variant_speed(cfg, fp32_session, variant_session, inputs, report_warnings)
     extra = {
         "opset": cfg.opset,
         "exporter": f"torch.onnx TorchScript exporter (torch {torch.__version__}) + onnxsim",
@@ -592,7 +595,7 @@ def export_checkpoint(cfg: ExportConfig) -> ExportReport:
         "parity": [p.to_dict() for p in parity],
         "val_by_precision": {k: v.to_dict() for k, v in val_results.items()},
         "speed_b32_ms_per_image": speed or None,
-        "speed": measure_speed(variant_bytes if variant_bytes is not None else fp32_bytes, inputs, cfg.threads),
+        "speed": measure_speed(variant_session or fp32_session, inputs, cfg.threads),
         "calibration": None if calibration is None or cfg.data is None else calibration_facts(calibration, cfg.data),
     }
     if cfg.weights != "fp32":

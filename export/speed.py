@@ -22,7 +22,7 @@ import onnx
 from fer_edge.errors import ModelError
 from fer_edge.metadata import ModelInfo
 
-from .evaluate import random_inputs
+from .evaluate import make_session, random_inputs
 from .onnx_export import measure_speed, restamp
 
 
@@ -31,7 +31,8 @@ def stamp(path: Path, threads: int, write: bool) -> dict:
     graph = onnx.load(str(path))
     props = {p.key: p.value for p in graph.metadata_props}
     info = ModelInfo.from_props(props, str(path))
-    speed = measure_speed(graph.SerializeToString(), random_inputs(info.preprocess, 32, 0), threads)
+    session = make_session(graph.SerializeToString(), threads)
+    speed = measure_speed(session, random_inputs(info.preprocess, 32, 0), threads)
     if write:
         info.extra = {**info.extra, "speed": speed}
         restamp(graph, info, path)

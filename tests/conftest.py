@@ -24,7 +24,7 @@ from tests.onnx_models import ModelOptions
 #: Test modules of train/, export/ and benchmarks/, and their helper (collected for
 #: its doctests): they import torch at the top.
 TORCH_MODULES = ("test_train.py", "test_export.py", "test_benchmarks.py", "checkpoint_factory.py",
-                 "test_edge.py")
+                 "test_edge.py", "test_recover.py")
 
 
 def _torch_tests_not_run() -> bool:

@@ -97,6 +97,39 @@ def test_distilled_lite0_run_trains_and_caches_teacher_logits(make_model, ckpt_f
             assert z["names"][0].startswith("train/")
 
 
+def test_paired_teacher_gives_each_detector_crop_its_bare_images_logits(make_model, ckpt_factory,
+                                                                       tmp_path: Path) -> None:
+    from PIL import Image
+
+    data = ckpt_factory.make_image_folder(tmp_path / "data", CLASSES, train_per_class=3)
+    # Detector crops as tools/measure_framing.py crops writes them: NAME.SCENE.png beside NAME.png,
+    # each a different picture from its bare image (here: its negative).
+    crops = {}
+    for bare in sorted((data / "train").glob("*/*.png"))[::2]:
+        crop = bare.with_name(f"{bare.stem}.edge-96-288.png")
+        Image.fromarray(255 - np.asarray(Image.open(bare).convert("L"))).save(crop)
+        crops[str(crop)] = str(bare)
+    teacher = make_model(tmp_path, CLASSES, input_size=32, name="teacher.onnx")
+    cfg = TrainConfig(data=str(data), out=str(tmp_path / "run"), classes=CLASSES, input_size=32,
+                      arch="lite0", weights="none", epochs=1, batch_size=6, threads=1, patience=0,
+                      ema_decay=0, teacher=[str(teacher)], teacher_mode="paired")
+    trainer = Trainer(cfg)
+    paths = [str(p) for p in trainer.train_set.paths]
+    assert set(crops) <= set(paths)
+    own = Teacher([str(teacher)], CLASSES).logits_files(paths)
+    got = trainer.teacher_logits.numpy()
+    for i, path in enumerate(paths):
+        source = paths.index(crops.get(path, path))
+        np.testing.assert_allclose(got[i], own[source], atol=1e-5)
+    # The crops' own logits differ from their bare images', so the pairing is what made them equal.
+    first = paths.index(next(iter(crops)))
+    assert not np.allclose(own[first], own[paths.index(crops[paths[first]])], atol=1e-3)
+    # Only the bare images were run and cached.
+    with np.load(tmp_path / "run" / "teacher-logits.npz") as z:
+        assert len(z["names"]) == len(paths) - len(crops)
+    trainer.fit()
+
+
 def test_cli_rejects_a_teacher_with_other_labels(make_model, ckpt_factory, tmp_path: Path, capsys) -> None:
     from train.__main__ import main
 

@@ -328,15 +328,6 @@ def test_calibrate_reports_in_sample_and_cross_validated_figures():
         calibrate(z, y + 5)
 
 
-def test_calibrate_doctests():
-    """export/ is not among pytest's doctest paths (the wheel is fer_edge/ only)."""
-    import doctest
-
-    import export.calibrate
-
-    assert doctest.testmod(export.calibrate, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE).failed == 0
-
-
 def test_export_with_data_fits_and_stores_the_temperature(fp32_export):
     out, report = fp32_export
     info = ModelInfo.from_props(_session(out).get_modelmeta().custom_metadata_map)

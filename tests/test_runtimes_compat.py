@@ -59,6 +59,34 @@ DATA = Path(os.environ.get("FER_EDGE_DATA", REPO.parent / "shared" / "data" / "f
 PER_CLASS = 40
 
 
+def _int8_as_exported() -> bool:
+    """Whether ONNX Runtime's int8 kernels here are the kind ``fast`` was exported and checked on.
+
+    ``fast``'s int8 figures, and the exact emulation in export.portable, are of
+    ORT's kernels on x86 CPUs with VNNI (AVX-512 VNNI, AVX-VNNI or AMX). On an
+    x86 CPU without VNNI ORT takes another int8 path that rounds differently:
+    measured on an AMD EPYC with AVX2 only, the shipped ``fast.onnx`` scored
+    81.48% on val against 81.95% (README, ``fast``'s model card). Other
+    architectures are assumed to match, as before.
+    """
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8").split()
+    except OSError:
+        return True  # not Linux: cannot tell, keep the checks
+    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
+#: Checks of ``fast``'s int8 logits against ORT's: they hold where its int8 kernels are VNNI ones.
+needs_vnni_int8 = pytest.mark.skipif(
+    not _int8_as_exported(),
+    reason="this x86 CPU has no VNNI: ONNX Runtime's int8 kernels round differently here from the "
+           "VNNI ones fast was exported and emulated on (README, fast's model card)")
+
+
 def _inputs(path: Path) -> tuple[np.ndarray, bool]:
     """Val images of the model's classes if present (``True``), else random images (``False``)."""
     from export.evaluate import load_labelled, random_inputs
@@ -121,6 +149,7 @@ def test_portable_command_keeps_metadata_and_notes_the_rewrite(tmp_path, capsys)
     assert portable_main([str(MODELS / "default.onnx"), "--out", str(out)]) == 2  # exists, no --force
 
 
+@needs_vnni_int8
 def test_dequantized_fast_model_follows_int8_in_onnx_runtime(tmp_path):
     out = tmp_path / "fast-fp32.onnx"
     onnx.save(dequantize_qdq(onnx.load(str(MODELS / "fast.onnx"))), str(out))
@@ -140,6 +169,7 @@ def fast_gemm_row(tmp_path_factory) -> Path:
     return _rewritten(tmp_path_factory, "fast", gemm_bias_as_row)
 
 
+@needs_vnni_int8
 def test_emulated_int8_fast_model_gives_onnx_runtimes_int8_logits_exactly(fast_emulated):
     graph = onnx.load(str(fast_emulated)).graph
     # Float ops only: no activation is quantized any more; the only DequantizeLinear
@@ -171,6 +201,7 @@ def test_int8_forms_refuse_a_float_model():
         emulate_int8(default)
 
 
+@needs_vnni_int8
 def test_emulate_command_enforces_exact_parity_and_notes_it(tmp_path, capsys):
     out = tmp_path / "fast-int8emu.onnx"
     assert portable_main([str(MODELS / "fast.onnx"), "--out", str(out), "--emulate-int8"]) == 0
@@ -213,6 +244,7 @@ def test_opencv_runs_the_portable_default_model_like_onnx_runtime(default_portab
     assert diff <= 1e-4 and agree == 1.0
 
 
+@needs_vnni_int8
 def test_opencv_runs_the_dequantized_fast_model_like_onnx_runtime(tmp_path):
     _cv2()
     out = tmp_path / "fast-fp32.onnx"
@@ -223,6 +255,7 @@ def test_opencv_runs_the_dequantized_fast_model_like_onnx_runtime(tmp_path):
     assert diff < 1.0 and agree >= (0.98 if real else 0.9)
 
 
+@needs_vnni_int8
 def test_opencv_runs_the_emulated_fast_model_exactly_like_onnx_runtime(fast_emulated):
     _cv2()
     x, _ = _inputs(MODELS / "fast.onnx")
@@ -233,6 +266,7 @@ def test_opencv_runs_the_emulated_fast_model_exactly_like_onnx_runtime(fast_emul
     assert np.array_equal(run_all(predict, x[:8], batch=1), reference[:8])
 
 
+@needs_vnni_int8
 def test_opencv_int8_qdq_file_is_right_for_the_first_image_of_a_batch_only(fast_gemm_row):
     _cv2()
     x, real = _inputs(MODELS / "fast.onnx")
@@ -256,7 +290,8 @@ def _openvino():
                                                   "OpenVINO checks skipped")
 
 
-@pytest.mark.parametrize("name, atol, min_agree", [("default", 1e-4, 1.0), ("fast", 1.0, 0.98)])
+@pytest.mark.parametrize("name, atol, min_agree", [
+    ("default", 1e-4, 1.0), pytest.param("fast", 1.0, 0.98, marks=needs_vnni_int8)])
 def test_openvino_f32_runs_the_shipped_models_like_onnx_runtime(name, atol, min_agree):
     _openvino()
     path = MODELS / f"{name}.onnx"

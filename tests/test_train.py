@@ -153,6 +153,26 @@ def test_resume_without_checkpoint_is_a_clear_error(tiny_data: Path, tmp_path: P
         Trainer(_cfg(tiny_data, tmp_path / "empty"), resume=True)
 
 
+def test_fresh_run_never_writes_over_another_runs_checkpoints(tiny_data: Path, tmp_path: Path,
+                                                                capsys) -> None:
+    from train.__main__ import main
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "best.pt").write_bytes(b"an earlier run's best weights")
+    with pytest.raises(ValueError, match=r"already holds a run \(best.pt\).*--resume"):
+        Trainer(_cfg(tiny_data, out))
+    code = main(["--data", str(tiny_data), "--out", str(out), "--classes", ",".join(CLASSES),
+                 "--weights", "none", "--epochs", "1", "--input-size", "32"])
+    assert code == 2 and str(out) in capsys.readouterr().err
+    assert (out / "best.pt").read_bytes() == b"an earlier run's best weights"
+    # Other files in the folder (a teacher cache copied in beforehand) are no obstacle.
+    other = tmp_path / "prepared"
+    other.mkdir()
+    (other / "teacher-logits.npz").write_bytes(b"")
+    Trainer(_cfg(tiny_data, other))
+
+
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     bad = tmp_path / "last.pt"
     bad.write_bytes(b"not a zip file at all")

@@ -16,7 +16,10 @@ Answers "would averaging help?" before anything is exported:
   epoch.
 * ``ensemble``: the mean of the logits of checkpoints and/or exported ONNX
   files (each as it runs: a checkpoint with flip TTA, an ONNX file as its
-  graph is), alone and together. Their labels must match.
+  graph is), alone and together. Their labels must match. Each model after
+  the first is also compared with the first, image by image: on how many
+  val images the top-1 is the same, and the largest logit difference (does
+  a re-export, e.g. with ``--weights fp16``, give the same answers?).
 * ``views``: one checkpoint's logits averaged over test-time views of each
   image, beyond the flip TTA that ships: the image shifted by 1/24 of its
   side (2 px of FER-2013's 48) in each of four directions, and zoomed in by
@@ -42,7 +45,9 @@ Measured with it (README, the model cards of ``default`` and ``fer7``): the
 EMA weights of ``fer7``'s epochs 16 and 20 averaged: 69.32% (the same 2,488
 images as either alone); at 112 px: 67.76%; ``b0-128-from7e20-s3`` and the
 shipped ``default``, mean logits: 82.92% (82.55% and 82.78% alone); ``fer7``
-over 10 and 12 views: 69.41% and 69.43% (69.38% with the shipped flip).
+over 10 and 12 views: 69.41% and 69.43% (69.38% with the shipped flip);
+``default``'s fp32 file against the shipped one with fp16-stored weights: the
+same top-1 on all 2,155 val images, largest logit difference 0.0083.
 """
 
 from __future__ import annotations
@@ -169,6 +174,19 @@ def report(name: str, logits: np.ndarray, labels: np.ndarray) -> float:
     return right / len(labels)
 
 
+def agreement(first: np.ndarray, other: np.ndarray) -> str:
+    """How far two models' val logits agree: same top-1 count, largest logit difference.
+
+    Example:
+        >>> a = np.array([[2.0, 0.0], [0.0, 1.0], [1.0, 0.5]])
+        >>> agreement(a, a + np.array([[0.0, 0.1], [0.0, 0.0], [0.0, 0.6]]))
+        'same top-1 on 2 of 3 (66.67%), largest logit difference 0.6000'
+    """
+    same = int((first.argmax(1) == other.argmax(1)).sum())
+    return (f"same top-1 on {same} of {len(first)} ({same / len(first):.2%}), "
+            f"largest logit difference {float(np.abs(first - other).max()):.4f}")
+
+
 def cmd_soup(args: argparse.Namespace) -> None:
     ckpts = [checkpoint.load(p) for p in args.models]
     cfgs = [TrainConfig.from_dict(c["config"]) for c in ckpts]
@@ -209,7 +227,8 @@ def cmd_soup(args: argparse.Namespace) -> None:
 
 
 def cmd_ensemble(args: argparse.Namespace) -> None:
-    members, labels_seen = [], None
+    members: list[tuple[np.ndarray, np.ndarray]] = []
+    labels_seen = None
     for path in args.models:
         if path.suffix == ".onnx":
             logits, labels, names = onnx_logits(path, args.data, args.threads)
@@ -222,6 +241,9 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
             raise SystemExit(f"ensemble: {path} has labels {names}, the first model {labels_seen}")
         labels_seen = names
         report(str(path), logits, labels)
+        if members and np.array_equal(labels, members[0][1]):
+            # e.g. a re-export with fp16-stored weights against its fp32 file: same answers?
+            print(f"  against {args.models[0]}: {agreement(members[0][0], logits)}", flush=True)
         members.append((logits, labels))
     if any(not np.array_equal(m[1], members[0][1]) for m in members):
         raise SystemExit("ensemble: the models read val in different orders")

@@ -15,7 +15,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from .config import HALF, IMAGENET_MEAN, IMAGENET_STD, TrainConfig, parse_classes
+from .config import HALF, IMAGENET_MEAN, IMAGENET_STD, TEACHER_MODES, TrainConfig, parse_classes
 from .model import ARCH_CHOICES, POOL_CHOICES, WEIGHT_CHOICES
 
 
@@ -61,9 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="remove the last block of these stages (1-7) for a shallower, faster network")
     p.add_argument("--teacher", action="append", default=[], metavar="MODEL.onnx",
                    help="distil from an exported model (repeat to average several teachers)")
-    p.add_argument("--teacher-mode", choices=("online", "cached"), default=d.teacher_mode,
+    p.add_argument("--teacher-mode", choices=TEACHER_MODES, default=d.teacher_mode,
                    help="online: teacher sees each augmented batch; cached: once per image, "
-                        "before the first epoch (default %(default)s)")
+                        "before the first epoch; paired: cached, and a detector crop "
+                        "(NAME.SCENE.png beside NAME.png) gets its bare image's targets "
+                        "(default %(default)s)")
     p.add_argument("--kd-alpha", type=float, default=d.kd_alpha,
                    help="weight of the distillation term, 0..1 (default %(default)s)")
     p.add_argument("--kd-temperature", type=float, default=d.kd_temperature)

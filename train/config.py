@@ -16,6 +16,7 @@ DEFAULT_CLASSES = ("happy", "neutral", "sad")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)  # TF EfficientNet-Lite: (x - 127) / 128
+TEACHER_MODES = ("online", "cached", "paired")  # see train.teacher
 
 
 def parse_classes(text: str) -> list[str]:
@@ -67,7 +68,7 @@ class TrainConfig:
     # Knowledge distillation: exported ONNX teachers (logits averaged), mixed
     # into the loss as kd_alpha * T^2 * KL(teacher/T || student/T).
     teacher: list[str] = field(default_factory=list)
-    teacher_mode: str = "online"  # online (each augmented batch) | cached (once per image)
+    teacher_mode: str = "online"  # online (each augmented batch) | cached (once per image) | paired
     kd_alpha: float = 0.7
     kd_temperature: float = 2.0
     # Mixup / CutMix (train.mix, timm's semantics): Beta(alpha, alpha) per method,

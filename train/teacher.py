@@ -12,7 +12,11 @@ Two ways to feed it:
   what the student sees;
 * cached: once per training image, before the first epoch, with the runtime's
   own preprocessing at the teacher's size; far cheaper on a small machine.
-  A flip-TTA teacher gives a flipped image the same target, so flips stay exact.
+  A flip-TTA teacher gives a flipped image the same target, so flips stay exact;
+* paired: cached, but a detector crop (``NAME.SCENE.png`` beside its bare
+  image ``NAME.png``, as ``tools/measure_framing.py crops`` writes them) takes
+  the teacher's logits of its bare image: the student learns to give the face
+  the detector found the answer the teacher gives the tight crop.
 """
 
 from __future__ import annotations
@@ -33,7 +37,6 @@ from fer_edge.preprocess import normalize, preprocess_gray
 from .augment import to_input
 from .checkpoint import file_sha256
 
-TEACHER_MODES = ("online", "cached")
 _BATCH = 256
 
 
@@ -121,12 +124,36 @@ class Teacher:
         return logits
 
 
+def paired_sources(paths: Sequence[str]) -> list[str]:
+    """Each training image's bare source: itself, or for a detector crop its bare sibling.
+
+    A crop is a file ``NAME.SCENE.ext`` whose folder also holds ``NAME`` with an
+    image extension (``tools/measure_framing.py crops`` writes ``NAME.png`` as a
+    symlink to the bare image and ``NAME.SCENE.png`` beside it). A dotted name
+    without such a sibling is its own source.
+
+    Example:
+        >>> paired_sources(["a/1.png", "a/1.edge-96-288.png", "a/2.x.png"])
+        ['a/1.png', 'a/1.png', 'a/2.x.png']
+    """
+    by_stem = {(str(Path(p).parent), Path(p).stem): p for p in paths}
+    out = []
+    for p in paths:
+        path = Path(p)
+        stem = path.stem
+        if "." in stem:
+            out.append(by_stem.get((str(path.parent), stem.rsplit(".", 1)[0]), p))
+        else:
+            out.append(p)
+    return out
+
+
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
     """Hinton's distillation term: T^2 * KL(softmax(teacher/T) || softmax(student/T)), batch mean.
 
     Example:
         >>> z = torch.tensor([[2.0, 0.0, -1.0]])
-        >>> float(kd_loss(z, z, 2.0)) == 0.0, float(kd_loss(z, -z, 2.0)) > 0
+        >>> abs(float(kd_loss(z, z, 2.0))) < 1e-6, float(kd_loss(z, -z, 2.0)) > 0
         (True, True)
     """
     t = temperature

@@ -20,12 +20,12 @@ from fer_edge.preprocess import PreprocessSpec, normalize
 
 from . import checkpoint, distributed
 from .augment import AugmentConfig, augment, to_input
-from .config import TrainConfig
+from .config import TEACHER_MODES, TrainConfig
 from .data import class_weights, load_split
 from .metrics import summarize
 from .mix import Mixed, dominant_labels, mix_batch, mix_teacher_logits, mixed_loss
 from .model import init_weights, model_for
-from .teacher import Teacher, kd_loss
+from .teacher import Teacher, kd_loss, paired_sources
 
 
 def pick_device(choice: str) -> torch.device:
@@ -149,6 +149,12 @@ class Trainer:
                 cfg.keep_epochs = True
                 _log(f"keeping each epoch's weights from epoch {int(state['epoch']) + 1} on")
             _log(f"resuming {self.last_path} after epoch {state['epoch']}")
+        else:
+            # A fresh run never writes over another run's checkpoints (a reused --out).
+            taken = [p.name for p in (self.last_path, self.best_path) if p.exists()]
+            if taken:
+                raise ValueError(f"{self.out} already holds a run ({', '.join(taken)}): continue it with "
+                                 "--resume, or choose another --out")
         self.cfg = cfg
         # Checked before the data is loaded: a bad value costs no decoding time.
         self.mix = cfg.mix_config()
@@ -217,8 +223,8 @@ class Trainer:
         """The distillation teacher, checked before any training (labels must match)."""
         if not cfg.teacher:
             return None, None
-        if cfg.teacher_mode not in ("online", "cached"):
-            raise ValueError(f"teacher_mode {cfg.teacher_mode!r} is not one of ('online', 'cached')")
+        if cfg.teacher_mode not in TEACHER_MODES:
+            raise ValueError(f"teacher_mode {cfg.teacher_mode!r} is not one of {TEACHER_MODES}")
         teacher = Teacher(cfg.teacher, cfg.classes, threads=cfg.threads)
         if cfg.teacher_mode == "online":
             _log(f"distilling from {teacher} online (alpha {cfg.kd_alpha}, T {cfg.kd_temperature})")
@@ -226,12 +232,20 @@ class Trainer:
         t0 = time.time()
         if not self.world.is_main:
             distributed.barrier()  # rank 0 computes and writes the cache; the others read it
-        logits = teacher.cached(self.train_set.paths, Path(cfg.data), self.out / "teacher-logits.npz")
+        paths = list(self.train_set.paths)
+        # paired: every crop's target is its bare image's, so only the bare images are run.
+        sources = paired_sources(paths) if cfg.teacher_mode == "paired" else paths
+        unique = list(dict.fromkeys(sources))
+        logits = teacher.cached(unique, Path(cfg.data), self.out / "teacher-logits.npz")
         if self.world.is_main:
             distributed.barrier()
+        row = {p: i for i, p in enumerate(unique)}
+        logits = logits[[row[p] for p in sources]]
         agree = float((logits.argmax(1) == self.train_set.labels).mean())
-        _log(f"distilling from {teacher}, cached ({time.time() - t0:.0f}s; teacher agrees with "
-             f"{agree:.1%} of train labels; alpha {cfg.kd_alpha}, T {cfg.kd_temperature})")
+        paired = (f", {len(paths) - len(unique)} crops paired with their bare image's logits"
+                  if cfg.teacher_mode == "paired" else "")
+        _log(f"distilling from {teacher}, {cfg.teacher_mode} ({time.time() - t0:.0f}s{paired}; teacher agrees "
+             f"with {agree:.1%} of train labels; alpha {cfg.kd_alpha}, T {cfg.kd_temperature})")
         return teacher, torch.from_numpy(logits)
 
     def _mix_description(self) -> str:
