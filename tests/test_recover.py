@@ -133,3 +133,17 @@ def test_bad_inputs_are_clear_errors(ckpt_factory, data, tmp_path: Path, capsys)
         recover(broken, data)
     assert main([str(broken), "--out", str(tmp_path / "x.pt"), "--data", str(data)]) == 2
     assert "broken.onnx" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
+
+
+def test_augmented_statistics_change_the_batchnorms_not_the_network(ckpt_factory, data, tmp_path: Path) -> None:
+    ckpt_path = ckpt_factory.make_checkpoint(tmp_path / "run" / "best.pt", CLASSES, arch="lite0")
+    onnx_path = tmp_path / "model.onnx"
+    export_checkpoint(ExportConfig(checkpoint=ckpt_path, out=onnx_path, threads=1))
+    clean, _ = recover(onnx_path, data, n_images=30)
+    augmented, report = recover(onnx_path, data, n_images=30, statistics="augmented")
+    assert report["bn_restore_max_change"] < 1e-4 and report["max_logit_difference_vs_file"] < 1e-4
+    assert augmented["recovered_from"]["statistics"] == "augmented"
+    key = next(k for k in clean["model"] if k.endswith("running_var"))
+    assert not torch.allclose(clean["model"][key], augmented["model"][key])
+    with pytest.raises(RecoverError, match="not one of"):
+        recover(onnx_path, data, n_images=30, statistics="noisy")

@@ -49,10 +49,13 @@ from fer_edge.errors import ModelError
 from fer_edge.files import IMAGE_EXTENSIONS
 from fer_edge.preprocess import normalize, preprocess_gray
 
+from .augment import AugmentConfig, augment, to_input
 from .checkpoint import file_sha256, save_atomic
 from .config import TrainConfig
 from .model import model_for
 
+#: Where the BatchNorm statistics are measured (see :func:`recover`).
+STATISTICS = ("clean", "augmented")
 #: Ops whose output is a constant when every input is: how weights are stored.
 _CONST_OPS = ("DequantizeLinear", "Cast", "Identity")
 
@@ -276,9 +279,23 @@ def sample_inputs(data: Path, clf: Classifier, n: int) -> np.ndarray:
     return normalize(grays, clf.spec)
 
 
+def augmented_inputs(x: np.ndarray, spec, seed: int = 0) -> np.ndarray:
+    """The same images through training's augmentation (train.augment), normalised.
+
+    Training's BatchNorms averaged augmented batches; these give statistics of the same kind.
+    """
+    x01 = torch.from_numpy(x[:, :1] * np.float32(spec.std[0]) + np.float32(spec.mean[0]))  # back to [0, 1]
+    g = torch.Generator().manual_seed(seed)
+    return to_input(augment(x01, AugmentConfig(), g), spec).numpy().astype(np.float32)
+
+
 def recover(path: Path, data: Path, n_images: int = 1024, arch: str | None = None,
-            drop_blocks: list[int] | None = None) -> tuple[dict, dict]:
+            drop_blocks: list[int] | None = None, statistics: str = "clean") -> tuple[dict, dict]:
     """The checkpoint (``best.pt``'s format) and a report of how well it matches the file.
+
+    ``statistics``: ``clean`` measures the BatchNorm statistics on the training
+    images as the runtime preprocesses them, ``augmented`` on the same images
+    through training's augmentation (:func:`augmented_inputs`).
 
     Raises:
         RecoverError: see :func:`folded_layers`, :func:`load_folded`, :func:`config_from_info`.
@@ -289,10 +306,12 @@ def recover(path: Path, data: Path, n_images: int = 1024, arch: str | None = Non
     convs, head = folded_layers(onnx.load(str(path)).graph)
     model = model_for(cfg)
     load_folded(model, convs, head)
+    if statistics not in STATISTICS:
+        raise RecoverError(f"statistics {statistics!r} is not one of {STATISTICS}")
     x = sample_inputs(data, clf, n_images)
     xt = torch.from_numpy(x)
     folded = _logits(model, xt)
-    restore_bn_statistics(model, xt)
+    restore_bn_statistics(model, xt if statistics == "clean" else torch.from_numpy(augmented_inputs(x, clf.spec)))
     restored = _logits(model, xt)
     torch_logits = ((restored + _logits(model, xt.flip(-1))) / 2 if clf.info.tta == "flip" else restored).numpy()
     file_logits = np.concatenate([clf.logits(x[i:i + 64]) for i in range(0, len(x), 64)])
@@ -307,7 +326,7 @@ def recover(path: Path, data: Path, n_images: int = 1024, arch: str | None = Non
         "config": cfg.to_dict(),
         "classes": list(cfg.classes),
         "preprocess": clf.spec.to_dict(),
-        "recovered_from": {"file": path.name, "sha256": file_sha256(path),
+        "recovered_from": {"file": path.name, "sha256": file_sha256(path), "statistics": statistics,
                            "model_version": clf.info.model_version, "precision": clf.info.precision},
     }
     return ckpt, report
@@ -321,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, default=1024, help="training images for the BatchNorm statistics")
     p.add_argument("--arch", choices=("b0", "lite0"), default=None, help="default: from the file's metadata")
     p.add_argument("--drop-blocks", default=None, metavar="S,S,...", help="default: from the file's metadata")
+    p.add_argument("--statistics", choices=STATISTICS, default="clean",
+                   help="measure the BatchNorm statistics on the images as the runtime sees them (clean) "
+                        "or through training's augmentation (augmented); default %(default)s")
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args(argv)
     if args.out.exists():
@@ -330,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     drop = [int(s) for s in args.drop_blocks.split(",") if s] if args.drop_blocks is not None else None
     try:
-        ckpt, report = recover(args.model, args.data, args.images, args.arch, drop)
+        ckpt, report = recover(args.model, args.data, args.images, args.arch, drop, args.statistics)
     except (RecoverError, ModelError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
