@@ -45,6 +45,7 @@ from PIL import Image
 from fer_edge.blazeface import DEFAULT_MODEL as DEFAULT_DETECTOR
 from fer_edge.blazeface import BlazeFace
 from fer_edge.detector import FaceBox
+from fer_edge.providers import session_options
 
 #: float32 (N, 3, S, S) -> float32 logits (N, C).
 Predict = Callable[[np.ndarray], np.ndarray]
@@ -76,9 +77,7 @@ def ort_predict(path: Path, threads: int) -> Predict:
     """ONNX Runtime on CPU, the reference every other runtime is compared with."""
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: x})[0]
 
@@ -353,9 +352,7 @@ def ort_detector(path: Path, threads: int) -> DetectorRun:
     """ONNX Runtime on CPU: the detector's reference, as :class:`fer_edge.blazeface.BlazeFace` runs it."""
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
 
     def run(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

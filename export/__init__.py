@@ -2,6 +2,8 @@
 
 ``python -m export CHECKPOINT --out model.onnx`` (``--help`` lists options);
 :func:`export.onnx_export.export_checkpoint` is the Python API.
+``python -m export.recover MODEL.onnx --out CKPT`` goes the other way: a
+trainable checkpoint rebuilt from an exported file (BatchNorm folded back out).
 
 The names below are imported lazily so that ``export.evaluate`` (used by the
 benchmarks' ONNX-only memory probe) does not pull in torch.

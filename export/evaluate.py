@@ -179,12 +179,10 @@ def make_session(model: Path | bytes, threads: int = 0):
     import onnxruntime as ort
 
     from fer_edge.errors import ModelError
-    from fer_edge.providers import ORT_MODEL_ERRORS, first_line
+    from fer_edge.providers import ORT_MODEL_ERRORS, first_line, session_options
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads or default_threads()
+    so = session_options(threads or default_threads())  # the runtime's options: its figures are users'
     so.inter_op_num_threads = 1
-    so.log_severity_level = 3  # warnings about hardware-specific optimisations are noise here
     if isinstance(model, bytes):  # a graph export just built: a failure here is a bug, keep its traceback
         return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
     if not model.is_file():

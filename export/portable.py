@@ -99,6 +99,38 @@ def _axis(node: onnx.NodeProto) -> int | None:
     return None
 
 
+def dequantize(q: np.ndarray, scale: np.ndarray, zero: np.ndarray | None = None, axis: int = 1) -> np.ndarray:
+    """ONNX ``DequantizeLinear`` as ONNX Runtime computes it: ``(q - zero) * scale`` in float32.
+
+    Per tensor (scalar ``scale``) or per channel along ``axis`` (1-D ``scale``).
+
+    Example:
+        >>> q = np.array([[2, 4], [6, 8]], dtype=np.int8)
+        >>> dequantize(q, np.array([0.5, 0.25], np.float32), None, axis=0).tolist()
+        [[1.0, 2.0], [1.5, 2.0]]
+    """
+    codes = q.astype(np.float64)  # exact for every int8/int32 code and zero point
+    if zero is not None:
+        codes = codes - _along(np.asarray(zero, np.float64), codes.ndim, axis)
+    return codes.astype(np.float32) * _along(np.asarray(scale, np.float32), codes.ndim, axis)
+
+
+def _along(v: np.ndarray, ndim: int, axis: int) -> np.ndarray:
+    """``v`` shaped to broadcast along ``axis`` of an ``ndim``-D tensor (a scalar stays one)."""
+    if v.size == 1:
+        return v.reshape(())
+    shape = [1] * ndim
+    shape[axis % ndim] = v.size
+    return v.reshape(shape)
+
+
+def dequantize_node(node: onnx.NodeProto, value: Callable[[str], np.ndarray]) -> np.ndarray:
+    """What a ``DequantizeLinear`` node of constants computes; ``value`` gives each input's array."""
+    zero = value(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    axis = _axis(node)
+    return dequantize(value(node.input[0]), value(node.input[1]), zero, 1 if axis is None else axis)
+
+
 def find_flip_tta(graph: onnx.GraphProto) -> FlipPattern:
     """Locate ``Concat([x, flip(x)], axis=0) -> body -> Slice halves -> Add``.
 
@@ -338,16 +370,7 @@ def dequantize_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
 
     for node in graph.node:
         if node.op_type == "DequantizeLinear" and node.input[0] in inits:
-            q = array(node.input[0]).astype(np.float64)
-            scale = array(node.input[1]).astype(np.float64)
-            zp = array(node.input[2]).astype(np.float64) if len(node.input) > 2 and node.input[2] else 0.0
-            axis = _axis(node)
-            if np.ndim(scale) == 1 and q.ndim > 1:  # per-channel: broadcast along ``axis``
-                shape = [1] * q.ndim
-                shape[axis if axis is not None else 1] = -1
-                scale, zp = scale.reshape(shape), np.reshape(zp, shape) if np.ndim(zp) else zp
-            # float32 as ORT computes it: (q - zp) * scale in single precision.
-            value = ((q - zp).astype(np.float32) * scale.astype(np.float32)).astype(np.float32)
+            value = dequantize_node(node, array)
             new_inits.append(numpy_helper.from_array(value, node.output[0]))
         elif node.op_type == "QuantizeLinear":
             continue  # handled at its DequantizeLinear
@@ -395,7 +418,7 @@ def gemm_bias_as_row(model: onnx.ModelProto) -> onnx.ModelProto:
         bias = node.input[2]
         dq = producers.get(bias)
         if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in inits:
-            value = _dequantized_constant(inits, dq)
+            value = dequantize_node(dq, lambda name: numpy_helper.to_array(inits[name]))
         elif bias in inits:
             value = numpy_helper.to_array(inits[bias])
         else:
@@ -408,20 +431,6 @@ def gemm_bias_as_row(model: onnx.ModelProto) -> onnx.ModelProto:
     if not new_inits:
         raise NotApplicable("no Gemm with a constant 1-D bias")
     return _with_nodes(model, list(graph.node), new_inits)
-
-
-def _dequantized_constant(inits: dict[str, onnx.TensorProto], dq: onnx.NodeProto) -> np.ndarray:
-    """What ``DequantizeLinear`` of a constant computes: ``(q - zero_point) * scale`` in float32."""
-    q = numpy_helper.to_array(inits[dq.input[0]]).astype(np.float64)
-    scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float32)
-    zp = (numpy_helper.to_array(inits[dq.input[2]]).astype(np.float64)
-          if len(dq.input) > 2 and dq.input[2] else np.zeros_like(scale, np.float64))
-    if scale.ndim == 1 and q.ndim > 1:
-        shape = [1] * q.ndim
-        axis = _axis(dq)
-        shape[axis if axis is not None else 1] = -1
-        scale, zp = scale.reshape(shape), zp.reshape(shape)
-    return ((q - zp).astype(np.float32) * scale).astype(np.float32)
 
 
 @dataclass
@@ -463,6 +472,8 @@ def ort_add_table(a: _Act, b: _Act, c: _Act) -> np.ndarray:
     import onnxruntime as ort
     from onnx import TensorProto
 
+    from fer_edge.providers import session_options
+
     elem = TensorProto.UINT8 if a.lo == 0 else TensorProto.INT8
     dtype = np.uint8 if a.lo == 0 else np.int8
 
@@ -483,9 +494,8 @@ def ort_add_table(a: _Act, b: _Act, c: _Act) -> np.ndarray:
                                                     helper.make_opsetid("com.microsoft", 1)])
     codes = np.arange(a.lo, a.hi + 1)
     qa, qb = (x.ravel().astype(dtype) for x in np.meshgrid(codes, codes, indexing="ij"))
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(model.SerializeToString(), session_options(1),
+                                   providers=["CPUExecutionProvider"])
     out = session.run(None, {"a": qa, "b": qb})[0]
     return (out.astype(np.int32) - c.zero_point).astype(np.float32)
 
@@ -795,8 +805,10 @@ def check_parity(original: onnx.ModelProto, rewritten: onnx.ModelProto,
     """
     import onnxruntime as ort
 
+    from fer_edge.providers import session_options
+
     def run(model: onnx.ModelProto, optimize: bool = True) -> np.ndarray:
-        opts = ort.SessionOptions()
+        opts = session_options(0)
         if not optimize:
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])

@@ -1,4 +1,4 @@
-"""train.recover: a trainable checkpoint rebuilt from an exported file (BatchNorm folded back out)."""
+"""export.recover: a trainable checkpoint rebuilt from an exported file (BatchNorm folded back out)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from train.__main__ import main as train_main
 from train.checkpoint import load
 from train.config import TrainConfig
 from train.model import load_checkpoint_backbone, model_for
-from train.recover import RecoverError, main, recover, sample_inputs
-from train.recover import conv_bn_pairs as _pairs
+from export.recover import RecoverError, main, recover, sample_inputs
+from export.recover import conv_bn_pairs as _pairs
 
 CLASSES = ["happy", "neutral", "sad"]
 
@@ -125,7 +125,7 @@ def test_bad_inputs_are_clear_errors(ckpt_factory, data, tmp_path: Path, capsys)
     export_checkpoint(ExportConfig(checkpoint=ckpt_path, out=onnx_path, threads=1))
     with pytest.raises(RecoverError, match="convolutions"):
         recover(onnx_path, data, n_images=30, arch="b0", drop_blocks=[6])
-    with pytest.raises(RecoverError, match=r"no training images of 'happy'"):
+    with pytest.raises(RecoverError, match=r"no training images for the model.s labels: .*nowhere"):
         recover(onnx_path, tmp_path / "nowhere", n_images=30)
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not a model")

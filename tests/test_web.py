@@ -162,8 +162,9 @@ def _python_probs(image: Image.Image) -> np.ndarray:
     from fer_edge.classifier import softmax
     from fer_edge.metadata import ModelInfo
     from fer_edge.preprocess import preprocess
+    from fer_edge.providers import session_options
 
-    session = ort.InferenceSession(str(FAST), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(FAST), session_options(0), providers=["CPUExecutionProvider"])
     info = ModelInfo.from_props(session.get_modelmeta().custom_metadata_map)
     x = preprocess(image, info.preprocess)[None]
     return softmax(session.run(None, {session.get_inputs()[0].name: x})[0], info.temperature)[0]

@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime as ort
     import torch
 
+    from fer_edge.providers import session_options
+
     x = _inputs(a.model, a.data, a.images)
     model = onnx.load(str(a.model))
     graph = model.graph
@@ -74,8 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     probe = onnx.load(str(a.model))
     for q in quants:
         probe.graph.output.append(helper.make_tensor_value_info(q.output[0], TensorProto.UINT8, None))
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
+    opts = session_options(1)
     session = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     codes = dict(zip([o.name for o in session.get_outputs()], session.run(None, {graph.input[0].name: x})))
 

@@ -28,7 +28,7 @@ figure that matters).
 
 Usage::
 
-    python -m train.recover fer_edge/models/fast.onnx --out runs/fast-recovered.pt \\
+    python -m export.recover fer_edge/models/fast.onnx --out runs/fast-recovered.pt \\
         --data ../shared/data/fer2013
 """
 
@@ -48,13 +48,14 @@ from torch import nn
 
 from fer_edge import Classifier
 from fer_edge.errors import ModelError
-from fer_edge.files import IMAGE_EXTENSIONS
 from fer_edge.preprocess import normalize, preprocess_gray
+from train.augment import AugmentConfig, augment, to_input
+from train.checkpoint import file_sha256, save_atomic
+from train.config import TrainConfig
+from train.data import DataLayoutError, list_split
+from train.model import model_for
 
-from .augment import AugmentConfig, augment, to_input
-from .checkpoint import file_sha256, save_atomic
-from .config import TrainConfig
-from .model import model_for
+from .portable import dequantize_node
 
 #: Where the BatchNorm statistics are measured (see :func:`recover`).
 STATISTICS = ("clean", "augmented")
@@ -75,28 +76,6 @@ class FoldedLayer:
     bias: np.ndarray | None
 
 
-def dequantize(q: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, axis: int) -> np.ndarray:
-    """ONNX ``DequantizeLinear``: ``(q - zero) * scale``, per tensor or along ``axis``.
-
-    Example:
-        >>> q = np.array([[2, 4], [6, 8]], dtype=np.int8)
-        >>> dequantize(q, np.array([0.5, 0.25], np.float32), None, 0).tolist()
-        [[1.0, 2.0], [1.5, 2.0]]
-    """
-    q = q.astype(np.float64)
-    if zero is not None:
-        q = q - _along(zero.astype(np.float64), q.ndim, axis)
-    return (q * _along(scale.astype(np.float64), q.ndim, axis)).astype(np.float32)
-
-
-def _along(v: np.ndarray, ndim: int, axis: int) -> np.ndarray:
-    if v.ndim == 0 or v.size == 1:
-        return v.reshape(())
-    shape = [1] * ndim
-    shape[axis % ndim] = v.size
-    return v.reshape(shape)
-
-
 def constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
     """Every tensor of the graph whose value does not depend on the input.
 
@@ -109,9 +88,7 @@ def constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
             continue
         x = values[node.input[0]]
         if node.op_type == "DequantizeLinear":
-            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
-            zero = values[node.input[2]] if len(node.input) > 2 and node.input[2] else None
-            values[node.output[0]] = dequantize(x, values[node.input[1]], zero, axis)
+            values[node.output[0]] = dequantize_node(node, values.__getitem__)
         elif node.op_type == "Cast":
             values[node.output[0]] = x.astype(np.float32)
         else:
@@ -268,13 +245,14 @@ def config_from_info(clf: Classifier, arch: str | None, drop_blocks: list[int] |
 
 def sample_inputs(data: Path, clf: Classifier, n: int) -> np.ndarray:
     """``n`` training images (every k-th file name of each class, sorted), preprocessed as the runtime does."""
-    files: list[Path] = []
+    try:
+        items = list_split(data, "train", list(clf.labels))
+    except DataLayoutError as exc:
+        raise RecoverError(f"no training images for the model's labels: {exc}") from None
     per_class = max(1, n // len(clf.labels))
-    for label in clf.labels:
-        folder = data / "train" / label
-        found = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_EXTENSIONS) if folder.is_dir() else []
-        if not found:
-            raise RecoverError(f"{folder}: no training images of {label!r} (need <data>/train/<label>/)")
+    files: list[Path] = []
+    for index in range(len(clf.labels)):
+        found = [path for path, label in items if label == index]
         step = max(1, len(found) // per_class)
         files += found[::step][:per_class]
     grays = np.stack([preprocess_gray(p, clf.spec.input_size) for p in files])
@@ -337,7 +315,7 @@ def recover(path: Path, data: Path, n_images: int = 1024, arch: str | None = Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m train.recover", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m export.recover", description=__doc__.split("\n\n")[0])
     p.add_argument("model", type=Path, help="an exported fer-edge .onnx file")
     p.add_argument("--out", type=Path, required=True, help="the checkpoint to write (must not exist)")
     p.add_argument("--data", type=Path, required=True, help="data root with train/<label>/ images")

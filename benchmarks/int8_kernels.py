@@ -1,0 +1,126 @@
+"""``python -m benchmarks.int8_kernels``: an int8 model on ONNX Runtime's exact and default int8 kernels.
+
+On x86 CPUs without VNNI (AVX2, AVX-512 without VNNI), ONNX Runtime's default
+u8 x s8 kernels add pairs of products in int16 and saturate, so an int8
+model's answers depend on the CPU. fer-edge opens every session with ORT's
+exact kernels for such CPUs (:func:`fer_edge.providers.session_options`).
+This measures, on this CPU and for one int8 file, what that choice gives and
+costs: val accuracy, top-1 agreement and largest logit difference between the
+two, and latency at batch 1 and 32, timed round-robin. On a CPU with VNNI (or
+not x86) the two sessions are the same and so should be the figures.
+
+Example:
+    python -m benchmarks.int8_kernels fer_edge/models/fast.onnx --data ../shared/data/fer2013 \\
+        --threads 2 --json benchmarks/results/int8_kernels-avx2.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from export.evaluate import cpu_model, default_threads, load_labelled, make_session, run_session, score
+from fer_edge.atomic import atomic_write
+from fer_edge.metadata import ModelInfo
+from fer_edge.providers import X64_QUANT_PRECISION
+
+from .latency import LatencyStats, TimingPlan, measure_interleaved
+from .runtimes import Runtime
+
+#: /proc/cpuinfo flags of int8 dot-product instructions that add in int32 (no int16 step).
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+@dataclass
+class KernelRow:
+    """One way of running the file: its val figures and latency."""
+
+    kernels: str
+    accuracy: float
+    macro_f1: float
+    b1: LatencyStats
+    b32: LatencyStats
+
+
+def cpu_vnni_flags() -> list[str]:
+    """The VNNI-type flags this CPU reports (empty off Linux or without them)."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text(encoding="utf-8").split())
+    except OSError:
+        return []
+    return [f for f in VNNI_FLAGS if f in flags]
+
+
+def default_kernels_session(path: Path, threads: int):
+    """fer-edge's session for ``path`` without the exact-int8 option: ORT's defaults."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def _runtime(label: str, session, path: Path, info: ModelInfo, threads: int) -> Runtime:
+    name = session.get_inputs()[0].name
+    return Runtime(label, "onnx", info.precision, info.tta, path, path.stat().st_size, threads,
+                   lambda x: session.run(None, {name: x})[0], info)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.int8_kernels", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", type=Path, help="an int8 ONNX file exported by fer-edge")
+    p.add_argument("--data", type=Path, required=True, help="FER-2013 folders (val/<class>/)")
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = all cores)")
+    p.add_argument("--rounds", type=int, default=8, help="interleaved timing rounds")
+    p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    a = p.parse_args(argv)
+    threads = a.threads or default_threads()
+    sessions = {"exact (fer-edge)": make_session(a.model, threads),
+                "ORT default": default_kernels_session(a.model, threads)}
+    exact = next(iter(sessions.values()))
+    info = ModelInfo.from_props(exact.get_modelmeta().custom_metadata_map, source=str(a.model))
+    if info.precision != "int8":
+        p.error(f"{a.model}: precision {info.precision}, not int8: its kernels do not depend on this option")
+    assert exact.get_session_options().get_session_config_entry(X64_QUANT_PRECISION) == "1"
+    val = load_labelled(a.data, "val", info.labels, info.preprocess)
+    logits = {k: run_session(s, val.inputs) for k, s in sessions.items()}
+    runtimes = [_runtime(k, s, a.model, info, threads) for k, s in sessions.items()]
+    plan = TimingPlan(rounds=a.rounds)
+    b1 = measure_interleaved(runtimes, val.inputs, 1, plan)
+    b32 = measure_interleaved(runtimes, val.inputs, 32, plan)
+    rows = []
+    for i, (k, z) in enumerate(logits.items()):
+        s = score(z, val.labels, val.classes)
+        rows.append(KernelRow(k, s.accuracy, s.macro_f1, b1[i], b32[i]))
+    (ex, de) = logits.values()
+    agree = float(np.mean(ex.argmax(1) == de.argmax(1)))
+    diff = float(np.abs(ex - de).max())
+    vnni = cpu_vnni_flags()
+    print(f"{a.model} on {cpu_model()} ({platform.machine()}; VNNI flags: {', '.join(vnni) or 'none'}), "
+          f"{threads} threads, {len(val)} val images")
+    print(f"{'kernels':<20}{'val acc':>9}{'macro-F1':>10}{'ms b1':>8}{'ms b32':>8}")
+    for r in rows:
+        print(f"{r.kernels:<20}{r.accuracy * 100:>8.2f}%{r.macro_f1:>10.3f}"
+              f"{r.b1.median_ms:>8.3f}{r.b32.median_ms:>8.3f}")
+    print(f"same top-1 on {agree * 100:.2f}% of images; largest logit difference {diff:.4f}; "
+          f"load average {os.getloadavg()[0]:.1f}")
+    if a.json:
+        doc = {"model": str(a.model), "cpu": cpu_model(), "machine": platform.machine(), "vnni_flags": vnni,
+               "threads": threads, "val_images": len(val), "top1_agreement": agree, "max_abs_logit_diff": diff,
+               "loadavg": list(os.getloadavg()), "rows": [asdict(r) for r in rows]}
+        with atomic_write(a.json) as f:
+            f.write(json.dumps(doc, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
