@@ -11,6 +11,8 @@ from torch import nn
 
 from export import ExportConfig, export_checkpoint
 from export.checkpoints import load_checkpoint_model
+from export.recover import RecoverError, main, recover, sample_inputs
+from export.recover import conv_bn_pairs as _pairs
 from export.variants import QuantConfig
 from fer_edge import Classifier
 from fer_edge.errors import ModelError
@@ -18,8 +20,6 @@ from train.__main__ import main as train_main
 from train.checkpoint import load
 from train.config import TrainConfig
 from train.model import load_checkpoint_backbone, model_for
-from export.recover import RecoverError, main, recover, sample_inputs
-from export.recover import conv_bn_pairs as _pairs
 
 CLASSES = ["happy", "neutral", "sad"]
 
