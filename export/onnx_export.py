@@ -304,11 +304,15 @@ def _parity_inputs(cfg: ExportConfig, spec: PreprocessSpec, val: LabelledImages 
 
 
 def check_fp32_parity(model: nn.Module, raw: bytes, sim_session: Any, inputs: np.ndarray,
-                      source: str, cfg: ExportConfig) -> list[Parity]:
+                      source: str, cfg: ExportConfig) -> tuple[list[Parity], np.ndarray]:
     """Enforced checks: ORT vs PyTorch, simplified vs unsimplified, batch 1 vs batched.
 
     ``sim_session`` runs the simplified graph; the export reuses it for every
     later fp32 figure rather than building the session again.
+
+    Returns:
+        The checks, and the simplified graph's logits on ``inputs`` (the
+        reference the reduced-precision variant is compared with).
 
     Raises:
         ExportError: any check out of tolerance (the message lists them).
@@ -325,7 +329,7 @@ def check_fp32_parity(model: nn.Module, raw: bytes, sim_session: Any, inputs: np
     failed = [c for c in checks if not c.passed]
     if failed:
         raise ExportError("parity check failed, nothing written: " + "; ".join(c.describe() for c in failed))
-    return checks
+    return checks, sim_out
 
 
 def make_variant(simplified: onnx.ModelProto, cfg: ExportConfig, spec: PreprocessSpec,
@@ -566,14 +570,13 @@ def export_checkpoint(cfg: ExportConfig) -> ExportReport:
     inputs, source = _parity_inputs(cfg, loaded.spec, val)
     # One ONNX Runtime session per graph for every check, score and timing below.
     fp32_session = make_session(fp32_bytes, cfg.threads)
-    parity = check_fp32_parity(model, raw_bytes, fp32_session, inputs, source, cfg)
+    parity, fp32_out = check_fp32_parity(model, raw_bytes, fp32_session, inputs, source, cfg)
 
     final, variant_session = simplified, None
     if cfg.variant is not None:
         final = make_variant(simplified, cfg, loaded.spec, loaded.classes)
         check_graph_contract(final, n_cls, f"{cfg.variant} graph")
         variant_session = make_session(final.SerializeToString(), cfg.threads)
-        fp32_out = run_session(fp32_session, inputs)
         var_out = run_session(variant_session, inputs)
         check = compare(f"onnx {cfg.variant} vs onnx fp32", source, fp32_out, var_out, atol=None)
         if not np.isfinite(var_out).all():
