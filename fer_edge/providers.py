@@ -244,8 +244,9 @@ def session_options(threads: int) -> ort.SessionOptions:
     # u8u8 kernels there instead (81.95% on that EPYC, the same as the browser
     # page's WebAssembly). ORT applies it only to x86 CPUs without VNNI (its
     # PR 12088), and float models have no int8 kernels to change.
-    # Measured cost on that EPYC: about 1.6x the time per image at batch 32,
-    # none at batch 1 (README, fast's model card).
+    # Measured cost on that EPYC: 1.5x the time per image at batch 32, 1.2x at
+    # batch 1, about the fp32 graph's speed (python -m benchmarks.int8_kernels;
+    # README, "int8 on x86 CPUs without VNNI").
     opts.add_session_config_entry(X64_QUANT_PRECISION, "1")
     return opts
 
