@@ -27,11 +27,9 @@ import numpy as np
 
 from export.evaluate import cpu_model, default_threads, load_labelled, make_session, run_session, score
 from fer_edge.atomic import atomic_write
-from fer_edge.metadata import ModelInfo
-from fer_edge.providers import X64_QUANT_PRECISION
 
 from .latency import LatencyStats, TimingPlan, measure_interleaved
-from .runtimes import Runtime
+from .runtimes import session_runtime
 
 #: /proc/cpuinfo flags of int8 dot-product instructions that add in int32 (no int16 step).
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
@@ -48,30 +46,13 @@ class KernelRow:
     b32: LatencyStats
 
 
-def cpu_vnni_flags() -> list[str]:
-    """The VNNI-type flags this CPU reports (empty off Linux or without them)."""
+def cpu_vnni_flags() -> list[str] | None:
+    """The VNNI-type flags this CPU reports; ``None`` where /proc/cpuinfo cannot be read."""
     try:
         flags = set(Path("/proc/cpuinfo").read_text(encoding="utf-8").split())
     except OSError:
-        return []
+        return None
     return [f for f in VNNI_FLAGS if f in flags]
-
-
-def default_kernels_session(path: Path, threads: int):
-    """fer-edge's session for ``path`` without the exact-int8 option: ORT's defaults."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
-def _runtime(label: str, session, path: Path, info: ModelInfo, threads: int) -> Runtime:
-    name = session.get_inputs()[0].name
-    return Runtime(label, "onnx", info.precision, info.tta, path, path.stat().st_size, threads,
-                   lambda x: session.run(None, {name: x})[0], info)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,15 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     threads = a.threads or default_threads()
     sessions = {"exact (fer-edge)": make_session(a.model, threads),
-                "ORT default": default_kernels_session(a.model, threads)}
-    exact = next(iter(sessions.values()))
-    info = ModelInfo.from_props(exact.get_modelmeta().custom_metadata_map, source=str(a.model))
+                "ORT default": make_session(a.model, threads, exact_int8=False)}
+    runtimes = [session_runtime(s, a.model) for s in sessions.values()]
+    info = runtimes[0].model_info
     if info.precision != "int8":
         p.error(f"{a.model}: precision {info.precision}, not int8: its kernels do not depend on this option")
-    assert exact.get_session_options().get_session_config_entry(X64_QUANT_PRECISION) == "1"
     val = load_labelled(a.data, "val", info.labels, info.preprocess)
     logits = {k: run_session(s, val.inputs) for k, s in sessions.items()}
-    runtimes = [_runtime(k, s, a.model, info, threads) for k, s in sessions.items()]
     plan = TimingPlan(rounds=a.rounds)
     b1 = measure_interleaved(runtimes, val.inputs, 1, plan)
     b32 = measure_interleaved(runtimes, val.inputs, 32, plan)
@@ -104,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     (ex, de) = logits.values()
     agree = float(np.mean(ex.argmax(1) == de.argmax(1)))
     diff = float(np.abs(ex - de).max())
-    vnni = cpu_vnni_flags()
+    vnni = cpu_vnni_flags() or []
     print(f"{a.model} on {cpu_model()} ({platform.machine()}; VNNI flags: {', '.join(vnni) or 'none'}), "
           f"{threads} threads, {len(val)} val images")
     print(f"{'kernels':<20}{'val acc':>9}{'macro-F1':>10}{'ms b1':>8}{'ms b32':>8}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -62,7 +62,11 @@ def onnx_runtime(path: Path, threads: int) -> Runtime:
     Raises:
         ModelError: ``path`` is missing or not a loadable ONNX model (from ``make_session``).
     """
-    session = make_session(Path(path), threads)
+    return session_runtime(make_session(Path(path), threads), Path(path))
+
+
+def session_runtime(session: Any, path: Path) -> Runtime:
+    """A :class:`Runtime` on an ONNX Runtime session already opened on ``path``."""
     info = ModelInfo.from_props(session.get_modelmeta().custom_metadata_map, source=str(path))
     name = session.get_inputs()[0].name
 

@@ -165,12 +165,14 @@ def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def make_session(model: Path | bytes, threads: int = 0):
+def make_session(model: Path | bytes, threads: int = 0, exact_int8: bool = True):
     """CPU ONNX Runtime session with ``threads`` intra-op threads (0 = all cores).
 
     Args:
         model: Path of an ONNX file or its serialized bytes.
         threads: Intra-op threads; inter-op is 1 (the graph is a single chain).
+        exact_int8: See :func:`fer_edge.providers.session_options` (the runtime's
+            choice, on unless a benchmark measures ORT's default int8 kernels).
 
     Raises:
         ModelError: ``model`` is a path that is missing or not a loadable ONNX
@@ -181,7 +183,7 @@ def make_session(model: Path | bytes, threads: int = 0):
     from fer_edge.errors import ModelError
     from fer_edge.providers import ORT_MODEL_ERRORS, first_line, session_options
 
-    so = session_options(threads or default_threads())  # the runtime's options: its figures are users'
+    so = session_options(threads or default_threads(), exact_int8)  # the runtime's options: its figures are users'
     so.inter_op_num_threads = 1
     if isinstance(model, bytes):  # a graph export just built: a failure here is a bug, keep its traceback
         return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])

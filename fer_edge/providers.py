@@ -219,7 +219,7 @@ def first_line(exc: BaseException) -> str:
 X64_QUANT_PRECISION = "session.x64quantprecision"
 
 
-def session_options(threads: int) -> ort.SessionOptions:
+def session_options(threads: int, exact_int8: bool = True) -> ort.SessionOptions:
     """The ONNX Runtime session options of every fer-edge session.
 
     One place, so that the runtime, export's val figures, the benchmarks and
@@ -227,6 +227,9 @@ def session_options(threads: int) -> ort.SessionOptions:
 
     Args:
         threads: Intra-op threads; 0 lets ONNX Runtime decide.
+        exact_int8: Exact int8 kernels on x86 CPUs without VNNI (see below).
+            Only ``python -m benchmarks.int8_kernels`` turns it off, to
+            measure what it costs.
 
     Example:
         >>> session_options(2).get_session_config_entry(X64_QUANT_PRECISION)
@@ -247,7 +250,8 @@ def session_options(threads: int) -> ort.SessionOptions:
     # Measured cost on that EPYC: 1.5x the time per image at batch 32, 1.2x at
     # batch 1, about the fp32 graph's speed (python -m benchmarks.int8_kernels;
     # README, "int8 on x86 CPUs without VNNI").
-    opts.add_session_config_entry(X64_QUANT_PRECISION, "1")
+    if exact_int8:
+        opts.add_session_config_entry(X64_QUANT_PRECISION, "1")
     return opts
 
 
