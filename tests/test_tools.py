@@ -99,3 +99,39 @@ def test_views_refuses_anything_but_one_checkpoint(capsys):
         main(["views", "a.pt", "b.pt"])
     with pytest.raises(SystemExit, match="one checkpoint"):
         main(["views", "model.onnx"])
+
+
+def test_ensemble_scores_a_7_class_model_on_the_first_models_classes(ckpt_factory, make_model, tmp_path, capsys):
+    from fer_edge import Classifier
+    from fer_edge.preprocess import normalize
+    from tests.constants import LABELS3, LABELS7
+    from tools.average_models import main
+    from train.data import load_split
+
+    data = ckpt_factory.make_image_folder(tmp_path / "data", LABELS7)
+    three = make_model(tmp_path, LABELS3, input_size=48, name="three.onnx", seed=1)
+    seven = make_model(tmp_path, LABELS7, input_size=48, name="seven.onnx", seed=2)
+    main(["ensemble", str(three), str(seven), str(three), "--data", str(data), "--threads", "1", "--subsets"])
+    lines = capsys.readouterr().out.splitlines()
+    # Both are scored on the 3 classes' 12 val images; the 7-class model by its logits for them alone.
+    clf = Classifier(seven, threads=1)
+    val = load_split(data, "val", LABELS3, 48)
+    logits = clf.logits(normalize(val.images, clf.spec))[:, [LABELS7.index(c) for c in LABELS3]]
+    right = int((logits.argmax(1) == val.labels).sum())
+    assert lines[1].startswith(f"{seven}: {right} of 12 right")
+    assert lines[2].startswith("  against") and lines[-1].startswith("mean logits of all: ")
+    subsets = [line.split(":")[0] for line in lines if line.startswith("mean logits of ") and "all" not in line]
+    assert subsets == ["mean logits of three.onnx + seven.onnx", "mean logits of three.onnx + three.onnx",
+                       "mean logits of seven.onnx + three.onnx"]
+    assert lines[-2].startswith("best subset (chosen on val): ")
+
+
+def test_ensemble_refuses_a_model_without_the_first_models_classes(ckpt_factory, make_model, tmp_path):
+    from tests.constants import LABELS2, LABELS3
+    from tools.average_models import main
+
+    data = ckpt_factory.make_image_folder(tmp_path / "data", LABELS3)
+    three = make_model(tmp_path, LABELS3, input_size=48, name="three.onnx")
+    two = make_model(tmp_path, LABELS2, input_size=48, name="two.onnx")
+    with pytest.raises(SystemExit, match=r"two.onnx has no logit for neutral \(its labels: happy, sad\)"):
+        main(["ensemble", str(three), str(two), "--data", str(data), "--threads", "1"])

@@ -16,7 +16,12 @@ Answers "would averaging help?" before anything is exported:
   epoch.
 * ``ensemble``: the mean of the logits of checkpoints and/or exported ONNX
   files (each as it runs: a checkpoint with flip TTA, an ONNX file as its
-  graph is), alone and together. Their labels must match. Each model after
+  graph is), alone and together. Their labels must match, except that an
+  ONNX file after the first model may have more: it is then scored on the
+  first model's classes (its logits for them, on their val images: ``fer7``
+  as a member beside ``default``). ``--subsets``: also every subset of two
+  or more members (the best one is chosen on val, so it flatters itself).
+  Each model after
   the first is also compared with the first, image by image: on how many
   val images the top-1 is the same, and the largest logit difference (does
   a re-export, e.g. with ``--weights fp16``, give the same answers?).
@@ -39,6 +44,7 @@ Usage::
     python tools/average_models.py soup --greedy runs/a/best.pt runs/b/best.pt runs/c/best.pt
     python tools/average_models.py soup --tail runs/a/epoch-00[6-9].pt runs/a/epoch-010.pt --save runs/a/swa.pt
     python tools/average_models.py ensemble runs/b0-128-from7e20-s3/best.pt fer_edge/models/default.onnx
+    python tools/average_models.py ensemble fer_edge/models/default.onnx fer_edge/models/fer7.onnx --subsets
     python tools/average_models.py views runs/b0-96-7cls-det-ft/best.pt
 
 Measured with it (README, the model cards of ``default`` and ``fer7``): the
@@ -159,13 +165,42 @@ def checkpoint_logits(cfg: TrainConfig, state: dict, data: Path, size: int) -> t
     return logits, val.labels
 
 
-def onnx_logits(path: Path, data: Path, threads: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(val logits of the graph as it is, labels, label names) of an exported model."""
+def onnx_logits(path: Path, data: Path, threads: int,
+                classes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(val logits of the graph as it is, labels, label names) of an exported model.
+
+    ``classes``: score only the val images of these classes, and only their
+    logits, in this order (a 7-class model as a 3-class one); they must all be
+    among the model's labels. ``None``: the model's own labels.
+    """
     clf = Classifier(path, threads=threads)
-    val = load_split(data, "val", clf.labels, clf.spec.input_size)
+    names = list(classes) if classes is not None else clf.labels
+    columns = restrict(clf.labels, names, path)
+    val = load_split(data, "val", names, clf.spec.input_size)
     x = normalize(val.images, clf.spec)
     logits = np.concatenate([clf.logits(x[i:i + 64]) for i in range(0, len(x), 64)])  # bounded memory
-    return logits, val.labels, clf.labels
+    return logits[:, columns], val.labels, names
+
+
+def restrict(labels: list[str], classes: list[str], source: Path | str) -> list[int]:
+    """Positions of ``classes`` among a model's ``labels``, for scoring it on fewer classes.
+
+    Taking a subset of the logits is the model's prediction restricted to those
+    classes: the softmax over them is the model's probabilities renormalised.
+
+    Example:
+        >>> restrict(["angry", "happy", "neutral", "sad"], ["happy", "neutral", "sad"], "fer7.onnx")
+        [1, 2, 3]
+        >>> restrict(["happy", "neutral", "sad"], ["angry", "happy"], "default.onnx")
+        Traceback (most recent call last):
+        ...
+        SystemExit: ensemble: default.onnx has no logit for angry (its labels: happy, neutral, sad)
+    """
+    missing = [c for c in classes if c not in labels]
+    if missing:
+        raise SystemExit(f"ensemble: {source} has no logit for {', '.join(missing)} "
+                         f"(its labels: {', '.join(labels)})")
+    return [labels.index(c) for c in classes]
 
 
 def report(name: str, logits: np.ndarray, labels: np.ndarray) -> float:
@@ -228,10 +263,12 @@ def cmd_soup(args: argparse.Namespace) -> None:
 
 def cmd_ensemble(args: argparse.Namespace) -> None:
     members: list[tuple[np.ndarray, np.ndarray]] = []
-    labels_seen = None
+    labels_seen: list[str] | None = None
     for path in args.models:
         if path.suffix == ".onnx":
-            logits, labels, names = onnx_logits(path, args.data, args.threads)
+            # A model with more labels than the first (fer7 beside a 3-class model) is scored
+            # on the first model's classes: its logits for them, on their val images.
+            logits, labels, names = onnx_logits(path, args.data, args.threads, labels_seen)
         else:
             ckpt = checkpoint.load(path)
             cfg = TrainConfig.from_dict(ckpt["config"])
@@ -247,6 +284,17 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
         members.append((logits, labels))
     if any(not np.array_equal(m[1], members[0][1]) for m in members):
         raise SystemExit("ensemble: the models read val in different orders")
+    if args.subsets:
+        scores = {}
+        for r in range(2, len(members)):
+            for subset in itertools.combinations(range(len(members)), r):
+                name = " + ".join(args.models[i].name for i in subset)
+                scores[subset] = report(f"mean logits of {name}", np.mean([members[i][0] for i in subset], axis=0),
+                                        members[0][1])
+        if scores:
+            best = max(scores, key=lambda s: (scores[s], -len(s)))  # on a tie, the fewer members
+            print(f"best subset (chosen on val): {' + '.join(args.models[i].name for i in best)}: "
+                  f"{scores[best]:.2%}")
     report("mean logits of all", np.mean([m[0] for m in members], axis=0), members[0][1])
 
 
@@ -307,6 +355,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--greedy", action="store_true", help="soup: the greedy soup, not every subset")
     parser.add_argument("--save", type=Path, default=None, metavar="PATH",
                         help="soup: write the best average found as a checkpoint export/ takes")
+    parser.add_argument("--subsets", action="store_true",
+                        help="ensemble: also every subset of 2 or more members, and the best of them")
     parser.add_argument("--tail", action="store_true",
                         help="soup: average the last k checkpoints as given (SWA), k = 1 .. n, not every subset")
     args = parser.parse_args(argv)
