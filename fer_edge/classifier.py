@@ -495,7 +495,7 @@ class Classifier:
     def analyze_video(self, source: str | os.PathLike | None = None, **options: Any) -> VideoAnalysis:
         """Detect, classify and track the faces of a video file, camera or stream, lazily.
 
-        Needs PyAV (``pip install 'fer-edge[video]'``). Memory does not grow
+        Needs PyAV (``pip install av``, or ``pip install '.[video]'`` in a checkout). Memory does not grow
         with the video's length: a few decoded frames and the live tracks.
 
         Args:

@@ -37,6 +37,7 @@ from ._version import __version__
 from .classifier import FACE_MODES, Classifier
 from .detector import SHIPPED_DETECTORS, FaceDetector, shipped_detector
 from .errors import DependencyError, FerEdgeError, ModelError, ProviderError
+from .faces import CROP_ASPECT_RANGE, CROP_MAX_SIDE
 from .files import PathArg, display_path, find_images, is_image_name, printable
 from .metadata import describe_color_mode, describe_training_data
 from .output import (
@@ -284,6 +285,14 @@ class _Tally:
     images: int = 0
     faces: int = 0
     failed: int = 0
+    #: Square-ish images larger than a face crop in which the detector found no face.
+    faceless_squares: int = 0
+
+
+def _squarish(result: ImageResult) -> bool:
+    """Whether an image has a face crop's shape (``--faces auto``'s aspect range), whatever its size."""
+    low, high = CROP_ASPECT_RANGE
+    return result.height > 0 and low <= result.width / result.height <= high
 
 
 def _report_failure(progress: _Progress, message: str) -> None:
@@ -326,6 +335,14 @@ def _write_annotated(src: Path, result: ImageResult, out_dir: Path) -> Path:
                           f"{display_path(out_dir)} ({exc})") from None
 
 
+def _check_not_an_input(output: Path, inputs: Sequence[PathArg], found_in: str = "") -> None:
+    """Usage error when ``output`` is one of ``inputs``: writing results there would destroy an image."""
+    target = os.path.realpath(output)
+    if any(os.path.realpath(p) == target for p in inputs):
+        raise click.BadParameter(f"{display_path(output)} is also an input{found_in}; results would overwrite it",
+                                 param_hint="'--output'")
+
+
 def _check_usage(paths: Sequence[PathArg], opts: ClassifyOptions) -> None:
     """Usage errors (exit 2) found before any work is done."""
     if any(os.fspath(p) == "" for p in paths):
@@ -338,9 +355,7 @@ def _check_usage(paths: Sequence[PathArg], opts: ClassifyOptions) -> None:
             check_output_path(opts.output, opts.force)
         except OutputError as exc:
             raise click.BadParameter(printable(str(exc)), param_hint="'--output'") from None
-        if any(os.path.realpath(p) == os.path.realpath(opts.output) for p in paths):
-            raise click.BadParameter("is also an input; results would overwrite it",
-                                     param_hint="'--output'")
+        _check_not_an_input(opts.output, paths)
     if opts.annotate is not None and opts.annotate.exists() and not opts.annotate.is_dir():
         raise click.BadParameter(f"{display_path(opts.annotate)} is not a folder",
                                  param_hint="'--annotate'")
@@ -374,6 +389,9 @@ def run_classify(paths: Sequence[PathArg], opts: ClassifyOptions, model: ModelOp
     _check_usage(paths, opts)
     clf = _load_classifier(model)
     scan = find_images(paths)
+    if opts.output is not None:
+        # An image found by walking a folder counts too: `-o photos/a.jpg --force` on photos/.
+        _check_not_an_input(opts.output, scan.files, " (found in the folders given)")
     log.info("%d files to classify; %d skipped in folders (not an image extension, hidden, "
              "or an --annotate copy)",
              len(scan.files), len(scan.skipped))
@@ -411,6 +429,12 @@ def run_classify(paths: Sequence[PathArg], opts: ClassifyOptions, model: ModelOp
     progress.finish()
     log.info("%d images, %d faces, %d failed, %d skipped", tally.images, tally.faces,
              tally.failed, len(scan.skipped))
+    if tally.faceless_squares and opts.faces == "auto":
+        # Face crops larger than CROP_MAX_SIDE (AffectNet's 224 px, say) go to the detector,
+        # which often finds no face in a crop that tight: say how to classify them whole.
+        log.warning("no face found in %d square image(s) larger than %d px; if they are face crops "
+                    "already, --faces off classifies each image whole", tally.faceless_squares,
+                    CROP_MAX_SIDE)
     return EXIT_FAILED if tally.failed else EXIT_OK
 
 
@@ -423,6 +447,8 @@ def _write_results(clf: Classifier, files: Sequence[Path], opts: ClassifyOptions
         progress.advance()
         tally.images += 1
         tally.faces += len(result.faces)
+        if result.ok and result.detected and not result.faces and _squarish(result):
+            tally.faceless_squares += 1
         if not result.ok:
             tally.failed += 1
             if not shown_in_results:
@@ -467,13 +493,15 @@ def _progress_enabled(flag: bool | None, total: int, batch_size: int) -> bool:
 @cli.command(epilog=EXIT_HELP)
 # Kept as typed (str, not Path): a trailing "/" says a folder was meant, which
 # the report for a missing path uses (fer_edge.files.missing_reason).
-@click.argument("paths", nargs=-1, required=True, type=click.Path())
+# readable=False: an unreadable input is recorded like any bad file (the rest go on),
+# not refused as a usage error by click's os.access check before anything runs.
+@click.argument("paths", nargs=-1, required=True, type=click.Path(readable=False))
 @click.option("--format", "fmt", type=click.Choice((*FORMATS, "parquet")), default=FORMATS[0],
               show_default=True,
               help="table: for people; json: one array of records; jsonl: one record per "
                    "line; csv: one row per face; parquet: one row per image (--engine ray, "
                    "with -o).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("-o", "--output", type=click.Path(dir_okay=False, readable=False, path_type=Path),
               help="Write results to FILE (atomically) instead of stdout.")
 @click.option("--force", is_flag=True, help="Allow --output to replace an existing file.")
 @click.option("--faces", type=click.Choice(FACE_MODES), default="auto", show_default=True,
@@ -491,7 +519,7 @@ def _progress_enabled(flag: bool | None, total: int, batch_size: int) -> bool:
 @click.option("--progress/--no-progress", default=None,
               help="Progress counter on stderr [default: on a terminal, for more than one batch].")
 @click.option("--engine", type=click.Choice(ENGINES), default=ENGINES[0], show_default=True,
-              help="local: this process; ray: a Ray cluster (pip install 'fer-edge[ray]'; "
+              help="local: this process; ray: a Ray cluster (pip install '.[ray]'; "
                    "PATHS may then also be URIs such as s3://bucket/photos; records come in "
                    "the order batches finish).")
 @click.option("--ray-address", metavar="ADDR",
@@ -548,7 +576,7 @@ def classify(ctx: click.Context, paths: tuple[str, ...], fmt: str, output: Path 
               help="Read local camera N (Linux: /dev/videoN; macOS: AVFoundation) instead of SOURCE.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=FORMATS[0], show_default=True,
               help="As for classify; one record per face per analysed frame.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("-o", "--output", type=click.Path(dir_okay=False, readable=False, path_type=Path),
               help="Write records to FILE (atomically) instead of stdout.")
 @click.option("--force", is_flag=True, help="Allow every output file to replace an existing one.")
 @click.option("--every", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
@@ -586,7 +614,7 @@ def video(source: str | None, camera: int | None, fmt: str, output: Path | None,
     """Track faces and their expressions in a video file, camera or stream.
 
     SOURCE is a video file or a URL FFmpeg opens (rtsp://, http://...).
-    Needs the video extra: pip install 'fer-edge[video]'. Files never drop
+    Needs the video extra: pip install '.[video]' (or pip install av). Files never drop
     frames; a live source drops frames when analysis falls behind (counted on
     stderr) and runs until Ctrl-C, which completes every output (exit 0).
     A truncated file is analysed up to where decoding stopped (named on

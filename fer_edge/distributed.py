@@ -15,7 +15,7 @@ The same work as the local engine, spread over a cluster with Ray Data:
    the CLI as JSON/JSONL/CSV/table or Parquet, or by the caller's program
    anywhere Ray writes (``ds.write_parquet("s3://...")``).
 
-Ray is an optional dependency (``pip install 'fer-edge[ray]'``): this module
+Ray is an optional dependency (``pip install '.[ray]'`` in a checkout): this module
 imports it only when called, and nothing else in :mod:`fer_edge` imports this
 module, so ``import fer_edge`` and the local engine never load Ray.
 
@@ -55,7 +55,7 @@ if TYPE_CHECKING:  # only for annotations: Ray and pyarrow stay optional
 log = logging.getLogger("fer_edge")
 
 #: The extra that installs Ray Data (named in the error when Ray is missing).
-RAY_EXTRA = "fer-edge[ray]"
+RAY_EXTRA = ".[ray]"
 #: Seconds to wait for a TCP connection to ``--ray-address`` before giving up:
 #: an unreachable cluster must be one error line well within 30 s.
 CONNECT_TIMEOUT_S = 10.0
@@ -82,7 +82,7 @@ def _import_ray() -> Any:
     except ImportError as exc:
         raise DependencyError(
             f"the Ray engine needs Ray Data, which is not installed ({exc}); "
-            f"install it with: pip install '{RAY_EXTRA}'"
+            f"install it with: pip install '{RAY_EXTRA}' in a fer-edge checkout"
         ) from None
     return ray
 

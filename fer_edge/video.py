@@ -1,6 +1,6 @@
 """Video files, cameras and streams: decode, detect, classify and track faces frame by frame.
 
-Decoding uses PyAV (the ``video`` extra: ``pip install 'fer-edge[video]'``), which
+Decoding uses PyAV (the ``video`` extra: ``pip install '.[video]'`` in a checkout), which
 bundles FFmpeg: files, ``/dev/videoN`` (V4L2) and AVFoundation cameras, and
 network streams (RTSP, HTTP, ...) all go through one library. It is imported
 only when a video is opened, so ``import fer_edge`` works without it.
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from .classifier import Classifier
 
 #: How to install the decoder, for error messages.
-VIDEO_EXTRA = "pip install 'fer-edge[video]'"
+VIDEO_EXTRA = "pip install av (or, in a fer-edge checkout, pip install '.[video]')"
 #: URL schemes of live sources (never ending, frames dropped when behind).
 LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "udp", "tcp", "srt", "rtp")
 #: Seconds a network source may take to answer before it counts as unopenable.
@@ -381,6 +381,11 @@ class VideoAnalysis(Iterator[VideoFrameResult]):
         self._container = _open(av, self.source)
         try:
             self.info = _info(self._container, self.source)
+            length = self.info.duration_s
+            if start is not None and length is not None and start >= length:
+                # Not a damaged file (what decoding nothing would otherwise report): a bad start.
+                raise ValueError(f"start {start:g} s is at or past the end of {self.source.name} "
+                                 f"({length:.2f} s long)")
         except BaseException:
             self._container.close()
             raise

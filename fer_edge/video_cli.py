@@ -151,6 +151,8 @@ def run_video(source: str | None, camera: int | None, opts: VideoOptions, model:
     except VideoError as exc:
         click.echo(f"fer-edge: error: {printable(str(exc))}", err=True)
         return EXIT_FAILED
+    except ValueError as exc:  # an option the file itself rules out (--start past its end)
+        raise click.BadParameter(printable(str(exc)), param_hint="'--start'") from None
     name = analysis.source.name
     info = analysis.info
     log.info("%s: %dx%d, %s fps, %s, %s", name, info.width, info.height,

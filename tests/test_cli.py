@@ -156,8 +156,24 @@ def test_output_written_atomically_even_when_the_run_dies(photos, model_path, tm
 
 def test_output_may_not_be_an_input(photos, model_path):
     target = photos / "a.png"
+    before = target.read_bytes()
     r = invoke("classify", str(target), "-o", str(target), "--force", model=model_path)
-    assert r.exit_code == 2 and "is also an input" in r.stderr
+    assert r.exit_code == 2 and f"{target} is also an input; results would overwrite it" in r.stderr
+    # Found by walking the folder rather than named: refused all the same, the image kept.
+    r = invoke("classify", str(photos), "-o", str(target), "--force", "--format", "csv", model=model_path)
+    assert r.exit_code == 2 and f"{target} is also an input (found in the folders given)" in r.stderr
+    assert target.read_bytes() == before and r.stdout == ""
+
+
+def test_an_input_the_os_says_is_unreadable_is_attempted_not_refused(photos, model_path, monkeypatch):
+    # click's readable check asks os.access (always yes for root, so simulated here): an
+    # unreadable file named on the command line must not stop the run before it starts.
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if str(p).endswith("a.png")
+                        else real_access(p, mode, **kw))
+    r = invoke("classify", str(photos / "a.png"), str(photos / "b.jpg"), "--format", "jsonl", model=model_path)
+    assert r.exit_code == 0, r.stderr
+    assert [json.loads(line)["path"].rsplit("/", 1)[-1] for line in r.stdout.splitlines()] == ["a.png", "b.jpg"]
 
 
 def test_output_into_a_missing_folder_is_a_usage_error(photos, model_path, tmp_path):
@@ -477,3 +493,18 @@ def test_json_on_stdout_stays_whole_when_the_run_fails_midway(photos, model_path
     records = json.loads(r.stdout)
     assert [Path(x["path"]).name for x in records] == ["a.png", "b.jpg"]
     assert all("label" in x for x in records)
+
+
+def test_square_images_with_no_face_get_a_hint_about_faces_off(tmp_path, model_path):
+    # A tight face crop bigger than 160 px goes to the detector under --faces auto; when it
+    # finds nothing in square images the run says how to classify them whole.
+    Image.new("L", (224, 224), 128).save(tmp_path / "crop.png")
+    Image.new("L", (640, 480), 128).save(tmp_path / "landscape.png")
+    r = invoke("classify", str(tmp_path), "--format", "jsonl", model=model_path)
+    assert r.exit_code == 0, r.stderr
+    assert [json.loads(line)["faces"] for line in r.stdout.splitlines()] == [[], []]
+    assert ("no face found in 1 square image(s) larger than 160 px; if they are face crops already, "
+            "--faces off classifies each image whole") in r.stderr
+    for mode in ("on", "off"):
+        assert "--faces off classifies" not in invoke("classify", str(tmp_path), "--faces", mode,
+                                                      model=model_path).stderr

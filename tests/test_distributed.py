@@ -2,7 +2,7 @@
 
 The tests that run Ray share one local Ray instance (2 CPUs, ~3 s to start)
 for the module; they skip, with the reason, when Ray is not installed
-(``pip install 'fer-edge[ray]'``; the ``dev`` extra has it).
+(``pip install '.[ray]'``; the ``dev`` extra has it).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ except ImportError:
     ray = None
 
 needs_ray = pytest.mark.skipif(ray is None, reason="Ray is not installed "
-                               "(pip install 'fer-edge[ray]'; the dev extra has it)")
+                               "(pip install '.[ray]'; the dev extra has it)")
 
 
 def _photos(root: Path) -> Path:
@@ -58,7 +58,7 @@ def _photos(root: Path) -> Path:
 def ray_session():
     """One local Ray for the module (ray.init ~3 s); the engine reuses it."""
     if ray is None:
-        pytest.skip("Ray is not installed (pip install 'fer-edge[ray]'; the dev extra has it)")
+        pytest.skip("Ray is not installed (pip install '.[ray]'; the dev extra has it)")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # 2 logical CPUs whatever the machine: the pool sizing below is then known.
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
@@ -116,12 +116,12 @@ def test_local_engine_and_import_never_load_ray(tmp_path: Path, model_path: Path
 def test_missing_ray_names_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                      model_path: Path) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
-    with pytest.raises(DependencyError, match=r"pip install 'fer-edge\[ray\]'"):
+    with pytest.raises(DependencyError, match=r"pip install '\.\[ray\]' in a fer-edge checkout"):
         distributed.classify_dataset([tmp_path])
     result = CliRunner().invoke(cli, ["classify", str(tmp_path), "--engine", "ray",
                                       "--model", str(model_path)])
     assert result.exit_code == 1
-    assert "fer-edge[ray]" in result.output
+    assert "pip install '.[ray]' in a fer-edge checkout" in result.output
     assert "--faces off" not in result.output  # that hint is for OpenCV, not Ray
 
 

@@ -25,7 +25,7 @@ from fer_edge.results import FaceResult, Prediction
 from fer_edge.timeline import Timeline, TrackSummary, draw_timeline
 from fer_edge.tracking import BoxMotion, EmaSmoother, IouTracker, iou
 
-av = pytest.importorskip("av", reason="video tests need PyAV: pip install 'fer-edge[video]'")
+av = pytest.importorskip("av", reason="video tests need PyAV: pip install '.[video]'")
 
 from fer_edge import Classifier  # noqa: E402  (after the skip: nothing to test without PyAV)
 from fer_edge.cli import cli  # noqa: E402
@@ -325,6 +325,14 @@ def test_start_end_and_stop(clf, video):
     analysis.close()
 
 
+def test_a_start_past_the_end_is_a_bad_start_not_a_damaged_file(clf, video):
+    with pytest.raises(ValueError, match=r"start 100 s is at or past the end of .*two.mp4 \(\d+\.\d\d s long\)"):
+        clf.analyze_video(video, start=100)
+    r = _run(str(video), "--start", "100")
+    assert r.exit_code == 2 and "Invalid value for '--start': start 100 s is at or past the end" in r.stderr
+    assert "truncated" not in r.stderr and r.stdout == ""
+
+
 def test_live_stop_turns_the_first_sigint_into_a_clean_stop(clf, video):
     # _live_stop leaves an inherited SIG_IGN alone (as after ``pytest &``): start from
     # the disposition an interactive run has.
@@ -345,7 +353,8 @@ def test_importing_fer_edge_does_not_import_av_and_missing_av_names_the_extra(mo
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
     monkeypatch.setitem(sys.modules, "av", None)
-    with pytest.raises(DependencyError, match=r"fer-edge\[video\]"):
+    with pytest.raises(DependencyError,
+                       match=r"pip install av \(or, in a fer-edge checkout, pip install '\.\[video\]'\)"):
         require_av()
 
 
