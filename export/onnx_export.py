@@ -479,6 +479,20 @@ def _val_facts(val: dict | None) -> dict | None:
     return {k: val.get(k) for k in ("accuracy", "macro_f1", "tta", "n")} if val else None
 
 
+def _check_weight_grid(cfg: ExportConfig, qat_bits: int, report_warnings: list[str]) -> None:
+    """Warn when a checkpoint trained for one int8 weight grid (train.qat) is exported to another."""
+    if not qat_bits:
+        return
+    bits = None
+    if cfg.precision == "int8":
+        bits = 7 if cfg.quant.reduce_range else 8
+    if bits != qat_bits:
+        exported = f"{bits}-bit int8 weights" if bits else cfg.precision
+        fix = "--precision int8" + (" --int8-reduce-range" if qat_bits == 7 else " without --int8-reduce-range")
+        report_warnings.append(f"the checkpoint was trained for {qat_bits}-bit int8 weights (--qat-weight-bits "
+                               f"{qat_bits}) but is exported as {exported}: export with {fix}")
+
+
 def _variant_val(cfg: ExportConfig, fp32: Any, variant: Any | None, val: LabelledImages | None,
                  report_warnings: list[str]) -> tuple[dict[str, EvalResult], np.ndarray | None]:
     """Val metrics of fp32 and the variant (their sessions), and the written graph's val logits.
@@ -584,6 +598,7 @@ def export_checkpoint(cfg: ExportConfig) -> ExportReport:
         parity.append(check)
 
     report_warnings: list[str] = []
+    _check_weight_grid(cfg, loaded.config.qat_weight_bits, report_warnings)
     val_results, final_logits = _variant_val(cfg, fp32_session, variant_session, val, report_warnings)
     calibration = _calibration(cfg, final_logits, val, report_warnings)
     speed = _variant_speed(cfg, fp32_session, variant_session, inputs, report_warnings)

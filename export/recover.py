@@ -49,7 +49,7 @@ from torch import nn
 from fer_edge import Classifier
 from fer_edge.errors import ModelError
 from fer_edge.preprocess import normalize, preprocess_gray
-from train.augment import AugmentConfig, augment, to_input
+from train.augment import augmented_inputs
 from train.checkpoint import file_sha256, save_atomic
 from train.config import TrainConfig
 from train.data import DataLayoutError, list_split
@@ -257,16 +257,6 @@ def sample_inputs(data: Path, clf: Classifier, n: int) -> np.ndarray:
         files += found[::step][:per_class]
     grays = np.stack([preprocess_gray(p, clf.spec.input_size) for p in files])
     return normalize(grays, clf.spec)
-
-
-def augmented_inputs(x: np.ndarray, spec, seed: int = 0) -> np.ndarray:
-    """The same images through training's augmentation (train.augment), normalised.
-
-    Training's BatchNorms averaged augmented batches; these give statistics of the same kind.
-    """
-    x01 = torch.from_numpy(x[:, :1] * np.float32(spec.std[0]) + np.float32(spec.mean[0]))  # back to [0, 1]
-    g = torch.Generator().manual_seed(seed)
-    return to_input(augment(x01, AugmentConfig(), g), spec).numpy().astype(np.float32)
 
 
 def recover(path: Path, data: Path, n_images: int = 1024, arch: str | None = None,

@@ -712,14 +712,24 @@ def _cell(value: object, fmt: str = "{}") -> str:
     return "-" if value is None else fmt.format(value)
 
 
+def _timed_on(card: dict) -> str:
+    """Where a model's speed was measured: ``AMD EPYC, 2 threads`` (``-`` when not recorded)."""
+    machine, threads = card.get("speed_machine"), card.get("speed_threads")
+    if not machine:
+        return "-"
+    return f"{machine}, {threads} threads" if threads else str(machine)
+
+
 def _print_models(cards: list[dict]) -> None:
+    # Each file's speed was timed where it was exported: the machine column says where, as
+    # figures from different CPUs are not comparable (int8 especially: VNNI or not).
     head = ("name", "labels", "input", "precision", "size", "val acc", "ms/img b1", "ms/img b32",
-            "architecture")
+            "timed on", "architecture")
     rows = [(c["name"], ",".join(c["labels"]), f"{c['input_size']}px",
              _describe_precision(c["precision"], c["weights"]),
              f"{c['size_bytes'] / 1e6:.1f} MB", _cell(c["val_accuracy"], "{:.2%}"),
              _cell(c["ms_per_image_b1"], "{:.3f}"), _cell(c["ms_per_image_b32"], "{:.3f}"),
-             c["architecture"]) for c in cards]
+             _timed_on(c), c["architecture"]) for c in cards]
     widths = [max(len(str(r[i])) for r in (head, *rows)) for i in range(len(head))]
     for row in (head, *rows):
         click.echo("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
@@ -732,7 +742,8 @@ def models(as_json: bool, verbose: int, debug: bool) -> None:
     """List the shipped models: labels, input, precision, size, val accuracy, speed.
 
     Everything is read from each model file's metadata; speed is what export
-    measured on its machine (ms per image on the CPU; "-" when not recorded).
+    measured on the machine named in "timed on" (ms per image on the CPU; "-" when
+    not recorded): figures timed on different CPUs are not comparable.
     Use a name with --model: `fer-edge classify --model fast photos/`.
     """
     _setup_logging(verbose)

@@ -242,14 +242,15 @@ def session_options(threads: int, exact_int8: bool = True) -> ort.SessionOptions
     opts.log_severity_level = 3
     # An int8 model must give the same answers on every CPU. On x86 CPUs without
     # VNNI (AVX2, plain AVX-512) ORT's u8s8 kernels sum pairs of products in
-    # int16 and saturate: the shipped fast.onnx scored 81.48% on val on an AMD
-    # EPYC (AVX2) against 81.95% on VNNI Xeons. This option makes ORT use exact
-    # u8u8 kernels there instead (81.95% on that EPYC, the same as the browser
-    # page's WebAssembly). ORT applies it only to x86 CPUs without VNNI (its
-    # PR 12088), and float models have no int8 kernels to change.
-    # Measured cost on that EPYC: 1.5x the time per image at batch 32, 1.2x at
-    # batch 1, about the fp32 graph's speed (python -m benchmarks.int8_kernels;
-    # README, "int8 on x86 CPUs without VNNI").
+    # int16 and saturate: the 8-bit fast.onnx shipped until 2026-12-01 scored
+    # 81.48% on val on an AMD EPYC (AVX2) against 81.95% on VNNI Xeons. This option
+    # makes ORT use exact u8u8 kernels there instead (81.95% on that EPYC, the same
+    # as the browser page's WebAssembly). ORT applies it only to x86 CPUs without
+    # VNNI (its PR 12088) and only to layers whose weights use more than 7 bits, so
+    # today's fast.onnx (7-bit weights) keeps the fast kernels; float models have
+    # no int8 kernels to change. Measured cost for the 8-bit file on that EPYC:
+    # 1.5x the time per image at batch 32, 1.2x at batch 1, about the fp32 graph's
+    # speed (python -m benchmarks.int8_kernels; README, "int8 on x86 CPUs without VNNI").
     if exact_int8:
         opts.add_session_config_entry(X64_QUANT_PRECISION, "1")
     return opts

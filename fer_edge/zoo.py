@@ -101,6 +101,7 @@ def model_card(name: str, path: Path) -> dict:
         "ms_per_image_b1": speed.get("ms_per_image_b1"),
         "ms_per_image_b32": speed.get("ms_per_image_b32"),
         "speed_threads": speed.get("threads"),
+        "speed_machine": speed.get("machine"),
         "temperature": info.temperature,
         "calibration": calibration if isinstance(calibration, dict) else None,
     }

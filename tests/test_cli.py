@@ -508,3 +508,15 @@ def test_square_images_with_no_face_get_a_hint_about_faces_off(tmp_path, model_p
     for mode in ("on", "off"):
         assert "--faces off classifies" not in invoke("classify", str(tmp_path), "--faces", mode,
                                                       model=model_path).stderr
+
+
+def test_models_says_where_each_speed_was_timed():
+    from fer_edge.cli import _timed_on
+    from fer_edge.zoo import model_cards
+
+    assert _timed_on({"speed_machine": "AMD EPYC", "speed_threads": 2}) == "AMD EPYC, 2 threads"
+    assert _timed_on({"speed_machine": None, "speed_threads": None}) == "-"
+    lines = invoke("models").stdout.splitlines()
+    assert "timed on" in lines[0]
+    for card, line in zip(model_cards(), lines[1:]):
+        assert line.startswith(card["name"]) and _timed_on(card) in line and card["speed_machine"]

@@ -414,3 +414,25 @@ def test_fp16_weights_only_for_fp32(ckpt3, tmp_path):
         export_checkpoint(ExportConfig(checkpoint=ckpt3, out=tmp_path / "m.onnx", precision="fp16", weights="fp16"))
     with pytest.raises(ValueError, match=r"\('fp32', 'fp16'\)"):
         export_checkpoint(ExportConfig(checkpoint=ckpt3, out=tmp_path / "m.onnx", weights="bf16"))
+
+
+@pytest.mark.parametrize("qat_bits,precision,reduce_range,expected", [
+    (7, "int8", True, None),
+    (8, "int8", False, None),
+    (0, "int8", True, None),
+    (7, "int8", False, "exported as 8-bit int8 weights: export with --precision int8 --int8-reduce-range"),
+    (8, "int8", True, "exported as 7-bit int8 weights: export with --precision int8 without --int8-reduce-range"),
+    (7, "fp32", False, "exported as fp32: export with --precision int8 --int8-reduce-range"),
+])
+def test_a_qat_checkpoint_exported_to_another_weight_grid_is_warned(qat_bits, precision, reduce_range, expected):
+    from export.onnx_export import _check_weight_grid
+
+    cfg = ExportConfig(checkpoint=Path("best.pt"), out=Path("m.onnx"), precision=precision,
+                       quant=QuantConfig(reduce_range=reduce_range))
+    warnings: list[str] = []
+    _check_weight_grid(cfg, qat_bits, warnings)
+    if expected is None:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and warnings[0].endswith(expected), warnings
+        assert f"trained for {qat_bits}-bit int8 weights (--qat-weight-bits {qat_bits})" in warnings[0]

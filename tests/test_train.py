@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -437,3 +438,94 @@ def test_bad_mix_values_are_refused_before_any_data(tmp_path: Path, capsys: pyte
     field = flag[2:].replace("-", "_")
     with pytest.raises(ValueError, match=message.replace("+", r"\+")):
         Trainer(_cfg(missing, tmp_path / "o", **{field: float(value)}))
+
+
+@pytest.mark.parametrize("bits,reduce_range", [(8, False), (7, True)])
+def test_qat_grid_is_onnx_runtimes_per_channel_int8_grid(bits: int, reduce_range: bool) -> None:
+    """The rounding train.qat trains with is what ORT's quantizer does to the (BatchNorm-folded) weights."""
+    from onnx import TensorProto
+    from onnxruntime.quantization.quant_utils import quantize_data
+
+    from train.qat import WEIGHT_QMAX, fake_quantize
+
+    w = torch.randn(6, 4, 3, 3, generator=torch.Generator().manual_seed(0))
+    folded = w * torch.tensor([-1.7, 0.3, 2.0, 0.9, -0.05, 1.1]).view(6, 1, 1, 1)  # BN: one factor per channel
+    ours = fake_quantize(folded, WEIGHT_QMAX[bits])
+    for c in range(6):
+        zero_point, scale, q = quantize_data(folded[c].numpy().ravel(), TensorProto.INT8, symmetric=True,
+                                                   reduce_range=reduce_range)
+        assert int(zero_point) == 0 and np.abs(q).max() == WEIGHT_QMAX[bits]
+        np.testing.assert_allclose(ours[c].numpy().ravel(), q.astype(np.float32) * np.float32(scale), rtol=1e-6)
+    # Rounding before folding is rounding after it (what the export quantizes is the folded weight).
+    scale = torch.tensor([-1.7, 0.3, 2.0, 0.9, -0.05, 1.1]).view(6, 1, 1, 1)
+    assert torch.allclose(fake_quantize(w, WEIGHT_QMAX[bits]) * scale, ours, atol=1e-6)
+
+
+def test_qat_run_trains_and_selects_on_the_rounded_weights(tiny_data: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    from train.model import model_for
+    from train.qat import WEIGHT_QMAX, QuantizedWeights, fake_quantize
+    from train.trainer import predict_logits
+
+    out = tmp_path / "run"
+    args = ["--data", str(tiny_data), "--out", str(out), "--weights", "none", "--input-size", "32",
+            "--epochs", "1", "--batch-size", "6", "--threads", "1", "--no-tta", "--qat-weight-bits", "7"]
+    assert train_main(args) == 0
+    assert "conv and linear weights on the 7-bit int8 grid" in capsys.readouterr().err
+    best = checkpoint.load(out / "best.pt")
+    cfg = TrainConfig.from_dict(best["config"])
+    assert cfg.qat_weight_bits == 7
+    # The checkpoint keeps float weights (off the grid); its recorded val figure is the rounded network's.
+    model = model_for(cfg)
+    model.load_state_dict(best["model"])
+    stem = best["model"]["features.0.0.weight"]
+    assert not torch.equal(fake_quantize(stem, WEIGHT_QMAX[7]), stem)
+    trainer = Trainer(dataclasses.replace(cfg, out=str(tmp_path / "eval")))
+    x = trainer.val_inputs
+    rounded = predict_logits(QuantizedWeights(model, 7), x, torch.device("cpu"), tta=False)
+    plain = predict_logits(model, x, torch.device("cpu"), tta=False)
+    assert not np.allclose(rounded, plain)
+    metrics, logits = trainer.evaluate(model)
+    np.testing.assert_allclose(logits, rounded, rtol=1e-5, atol=1e-6)
+    assert metrics["accuracy"] == pytest.approx(best["val"]["accuracy"])
+
+
+def test_qat_bits_outside_the_choices_are_refused(tiny_data: Path, tmp_path: Path) -> None:
+    from train.qat import with_weight_bits
+
+    with pytest.raises(ValueError, match="qat_weight_bits 4: must be one of 0, 7, 8"):
+        with_weight_bits(torch.nn.Linear(2, 2), 4)
+    with pytest.raises(SystemExit):
+        train_main(["--data", str(tiny_data), "--out", str(tmp_path / "r"), "--qat-weight-bits", "4"])
+
+
+def test_round_checkpoint_puts_weights_on_the_grid_and_recalibrates_batchnorm(tmp_path: Path, ckpt_factory,
+                                                                              capsys: pytest.CaptureFixture) -> None:
+    from export.checkpoints import load_checkpoint_model
+    from train.qat import WEIGHT_QMAX, fake_quantize, main, quantized_weight_names
+
+    data = ckpt_factory.make_image_folder(tmp_path / "data", CLASSES, train_per_class=8)
+    src = ckpt_factory.make_checkpoint(tmp_path / "best.pt", CLASSES, seed=1)
+    out = tmp_path / "rounded.pt"
+    assert main([str(src), "--out", str(out), "--data", str(data), "--images-per-class", "8", "--threads", "1"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split(": ")[1] for line in printed[:3]] == [
+        "float", printed[1].split(": ")[1],
+        "+ BatchNorms recalibrated on 24 augmented training images"]
+    assert "--int8-reduce-range" in printed[-1]
+    before, after = checkpoint.load(src), checkpoint.load(out)
+    assert TrainConfig.from_dict(after["config"]).qat_weight_bits == 7
+    assert after["rounded_from"]["sha256"] == checkpoint.file_sha256(src)
+    model = build_model(len(CLASSES))
+    names = quantized_weight_names(model)
+    assert len(names) > 50 and printed[1].split(": ")[1] == f"{len(names)} weights on the 7-bit grid"
+    for name in names:  # on the grid: rounding again changes nothing
+        w = after["model"][name]
+        assert torch.allclose(fake_quantize(w, WEIGHT_QMAX[7]), w, atol=1e-7), name
+        assert not torch.equal(w, before["model"][name])
+    bn = "features.0.1.running_mean"
+    assert not torch.allclose(after["model"][bn], before["model"][bn])  # statistics re-measured
+    # The export takes it; an --out that exists is refused, the file kept.
+    assert load_checkpoint_model(out).classes == CLASSES
+    assert main([str(src), "--out", str(out), "--data", str(data)]) == 2
+    assert "exists" in capsys.readouterr().err

@@ -15,7 +15,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from .config import HALF, IMAGENET_MEAN, IMAGENET_STD, TEACHER_MODES, TrainConfig, parse_classes
+from .config import HALF, IMAGENET_MEAN, IMAGENET_STD, QAT_BITS, TEACHER_MODES, TrainConfig, parse_classes
 from .model import ARCH_CHOICES, POOL_CHOICES, WEIGHT_CHOICES
 
 
@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-epochs", action="store_true",
                    help="also save every epoch's evaluated weights as <out>/epoch-NNN.pt, for "
                         "weight averaging afterwards (may be switched on when resuming)")
+    p.add_argument("--qat-weight-bits", type=int, choices=QAT_BITS, default=d.qat_weight_bits, metavar="BITS",
+                   help="quantization-aware training: conv and linear weights on the int8 export's "
+                        "per-channel grid, 8 or 7 bits (7: export with --int8-reduce-range); 0 = off")
     p.add_argument("--resume", action="store_true",
                    help="continue <out>/last.pt (with --epochs: re-plan the schedule to that length)")
     return p

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -85,3 +86,14 @@ def to_input(x01: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
     mean = torch.tensor(spec.mean, dtype=x01.dtype, device=x01.device).view(1, 3, 1, 1)
     std = torch.tensor(spec.std, dtype=x01.dtype, device=x01.device).view(1, 3, 1, 1)
     return (x01 - mean) / std
+
+
+def augmented_inputs(x: np.ndarray, spec: PreprocessSpec, seed: int = 0) -> np.ndarray:
+    """Normalised model inputs (N, 3, S, S) put through training's augmentation, normalised again.
+
+    Statistics measured on them are of the kind training's BatchNorms averaged
+    (used by ``export.recover`` and ``train.qat``).
+    """
+    x01 = torch.from_numpy(x[:, :1] * np.float32(spec.std[0]) + np.float32(spec.mean[0]))  # back to [0, 1]
+    g = torch.Generator().manual_seed(seed)
+    return to_input(augment(x01, AugmentConfig(), g), spec).numpy().astype(np.float32)

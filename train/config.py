@@ -17,6 +17,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)  # TF EfficientNet-Lite: (x - 127) / 128
 TEACHER_MODES = ("online", "cached", "paired")  # see train.teacher
+#: ``--qat-weight-bits`` choices (train.qat): 0 trains without rounding the weights.
+QAT_BITS = (0, 7, 8)
 
 
 def parse_classes(text: str) -> list[str]:
@@ -81,6 +83,10 @@ class TrainConfig:
     # format, 16 MB each for B0), so the last epochs can be averaged afterwards
     # (stochastic weight averaging: tools/average_models.py soup --tail).
     keep_epochs: bool = False
+    # Quantization-aware training (train.qat): conv and linear weights rounded to the
+    # int8 export's per-channel grid of this many bits while training and evaluating;
+    # 0 = off. 7 matches `python -m export --precision int8 --int8-reduce-range`.
+    qat_weight_bits: int = 0
     mean: tuple[float, float, float] = HALF
     std: tuple[float, float, float] = HALF
 

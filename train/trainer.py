@@ -25,6 +25,7 @@ from .data import class_weights, load_split
 from .metrics import summarize
 from .mix import Mixed, dominant_labels, mix_batch, mix_teacher_logits, mixed_loss
 from .model import init_weights, model_for
+from .qat import quantized_weight_names, with_weight_bits
 from .teacher import Teacher, kd_loss, paired_sources
 
 
@@ -192,10 +193,14 @@ class Trainer:
         self.model.to(self.device).to(memory_format=torch.channels_last)
         # self.net trains (gradients averaged over the processes); self.model is
         # the same module unwrapped, for EMA, evaluation and checkpoints.
-        self.net: nn.Module = self.model
+        # With --qat-weight-bits, self.net rounds the weights to the int8 export's grid (train.qat).
+        self.net: nn.Module = with_weight_bits(self.model, cfg.qat_weight_bits)
+        if cfg.qat_weight_bits:
+            _log(f"quantization-aware training: {len(quantized_weight_names(self.model))} conv and linear "
+                 f"weights on the {cfg.qat_weight_bits}-bit int8 grid, in training and evaluation")
         if self.world.distributed:
             self.net = DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
         w = class_weights(self.train_set.labels, len(cfg.classes), cfg.class_weighting)
         self.criterion = nn.CrossEntropyLoss(
@@ -364,7 +369,7 @@ class Trainer:
 
     def evaluate(self, model: nn.Module | None = None) -> tuple[dict, np.ndarray]:
         """Val metrics (and logits) of ``model`` (default: the EMA weights when enabled)."""
-        model = model or self._eval_model()
+        model = with_weight_bits(model or self._eval_model(), self.cfg.qat_weight_bits)
         logits = predict_logits(model, self.val_inputs, self.device, self.cfg.tta)
         y = self.val_set.labels
         metrics = summarize(y, logits.argmax(1), self.cfg.classes)
