@@ -520,3 +520,9 @@ def test_models_says_where_each_speed_was_timed():
     assert "timed on" in lines[0]
     for card, line in zip(model_cards(), lines[1:]):
         assert line.startswith(card["name"]) and _timed_on(card) in line and card["speed_machine"]
+
+
+def test_a_shipped_name_in_the_wrong_case_is_pointed_to_the_right_one():
+    r = CliRunner().invoke(cli, ["classify", "x.png", "--model", "FAST"])
+    assert r.exit_code != 0
+    assert "'FAST' is not a shipped model; model names are lower case: did you mean 'fast'?" in r.output
