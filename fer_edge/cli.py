@@ -37,7 +37,7 @@ from ._version import __version__
 from .classifier import FACE_MODES, Classifier
 from .detector import SHIPPED_DETECTORS, FaceDetector, shipped_detector
 from .errors import DependencyError, FerEdgeError, ModelError, ProviderError
-from .faces import CROP_ASPECT_RANGE, CROP_MAX_SIDE
+from .faces import CROP_MAX_SIDE, crop_shaped
 from .files import PathArg, display_path, find_images, is_image_name, printable
 from .metadata import describe_color_mode, describe_training_data
 from .output import (
@@ -289,12 +289,6 @@ class _Tally:
     faceless_squares: int = 0
 
 
-def _squarish(result: ImageResult) -> bool:
-    """Whether an image has a face crop's shape (``--faces auto``'s aspect range), whatever its size."""
-    low, high = CROP_ASPECT_RANGE
-    return result.height > 0 and low <= result.width / result.height <= high
-
-
 def _report_failure(progress: _Progress, message: str) -> None:
     progress.clear()
     click.echo(message, err=True)
@@ -389,8 +383,9 @@ def run_classify(paths: Sequence[PathArg], opts: ClassifyOptions, model: ModelOp
     _check_usage(paths, opts)
     clf = _load_classifier(model)
     scan = find_images(paths)
-    if opts.output is not None:
+    if opts.output is not None and opts.output.exists():
         # An image found by walking a folder counts too: `-o photos/a.jpg --force` on photos/.
+        # Only an existing output can be one of them: no realpath per file otherwise.
         _check_not_an_input(opts.output, scan.files, " (found in the folders given)")
     log.info("%d files to classify; %d skipped in folders (not an image extension, hidden, "
              "or an --annotate copy)",
@@ -447,7 +442,7 @@ def _write_results(clf: Classifier, files: Sequence[Path], opts: ClassifyOptions
         progress.advance()
         tally.images += 1
         tally.faces += len(result.faces)
-        if result.ok and result.detected and not result.faces and _squarish(result):
+        if result.ok and result.detected and not result.faces and crop_shaped(result.width, result.height):
             tally.faceless_squares += 1
         if not result.ok:
             tally.failed += 1

@@ -110,9 +110,18 @@ def needs_detection(image: Image.Image, mode: str) -> bool:
     if mode != "auto":
         return mode == "on"
     w, h = image.size
+    return not (max(w, h) <= CROP_MAX_SIDE and crop_shaped(w, h))
+
+
+def crop_shaped(width: int, height: int) -> bool:
+    """Whether ``width / height`` lies in :data:`CROP_ASPECT_RANGE`: a face crop's shape, whatever its size.
+
+    Example:
+        >>> crop_shaped(224, 224), crop_shaped(640, 480), crop_shaped(10, 0)
+        (True, False, False)
+    """
     low, high = CROP_ASPECT_RANGE
-    is_crop = max(w, h) <= CROP_MAX_SIDE and low <= w / h <= high
-    return not is_crop
+    return height > 0 and low <= width / height <= high
 
 
 def eye_angle(box: FaceBox) -> float | None:

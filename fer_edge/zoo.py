@@ -59,10 +59,12 @@ def resolve_model(model: str | os.PathLike | None) -> Path:
             raise ModelError(f"{model!r} is not a shipped model (shipped: {hint}); "
                              "give a model name or the path of an .onnx file written by "
                              "python -m export")
-    elif isinstance(model, str) and not Path(model).exists() and model.lower() in shipped_models():
-        # `--model FAST`: names are lower case; say so rather than "no such model file".
-        raise ModelError(f"{model!r} is not a shipped model; model names are lower case: "
-                         f"did you mean {model.lower()!r}? (shipped: {', '.join(shipped_models())})")
+    elif isinstance(model, str) and not Path(model).exists():
+        models = shipped_models()
+        if model.lower() in models:
+            # `--model FAST`: names are lower case; say so rather than "no such model file".
+            raise ModelError(f"{model!r} is not a shipped model; model names are lower case: "
+                             f"did you mean {model.lower()!r}? (shipped: {', '.join(models)})")
     return Path(model)
 
 

@@ -36,6 +36,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -167,13 +168,11 @@ def recalibrate_batchnorm(model: nn.Module, inputs: torch.Tensor, batch: int = 2
         model.eval()
 
 
-def _val_accuracy(model: nn.Module, cfg: TrainConfig, data: Path) -> str:
+def _val_accuracy(model: nn.Module, x: np.ndarray, labels: np.ndarray) -> str:
     """Val accuracy in one pass and with flip TTA (a recovered checkpoint does not know which one ships)."""
-    from .trainer import predict_logits, spec_of
+    from .trainer import predict_logits
 
-    val = load_split(data, "val", cfg.classes, cfg.input_size)
-    x = normalize(val.images, spec_of(cfg))
-    acc = [float((predict_logits(model, x, torch.device("cpu"), tta).argmax(1) == val.labels).mean())
+    acc = [float((predict_logits(model, x, torch.device("cpu"), tta).argmax(1) == labels).mean())
            for tta in (False, True)]
     return f"val {acc[0]:.2%} in one pass, {acc[1]:.2%} with flip TTA"
 
@@ -195,19 +194,22 @@ def round_checkpoint(path: Path, data: Path, bits: int, per_class: int = 700, se
     model = model_for(cfg)
     model.load_state_dict(ckpt["model"])
     model.eval()
+    spec = spec_of(cfg)
     train = load_split(data, "train", cfg.classes, cfg.input_size, per_class)
-    x = torch.from_numpy(augmented_inputs(normalize(train.images, spec_of(cfg)), spec_of(cfg), seed))
+    x = torch.from_numpy(augmented_inputs(normalize(train.images, spec), spec, seed))
     x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))]  # every batch of every class
     steps: list[tuple[str, str]] = []
     if report:
-        steps.append(("float", _val_accuracy(model, cfg, data)))
+        val = load_split(data, "val", cfg.classes, cfg.input_size)  # decoded once, scored three times
+        val_x = normalize(val.images, spec)
+        steps.append(("float", _val_accuracy(model, val_x, val.labels)))
     n = round_weights(model, bits)
     if report:
-        steps.append((f"{n} weights on the {bits}-bit grid", _val_accuracy(model, cfg, data)))
+        steps.append((f"{n} weights on the {bits}-bit grid", _val_accuracy(model, val_x, val.labels)))
     recalibrate_batchnorm(model, x)
     if report:
         steps.append((f"+ BatchNorms recalibrated on {len(x)} augmented training images",
-                      _val_accuracy(model, cfg, data)))
+                      _val_accuracy(model, val_x, val.labels)))
         for what, acc in steps:
             print(f"{path}: {what}: {acc}", flush=True)
     config = dataclasses.replace(cfg, qat_weight_bits=bits)
