@@ -3,7 +3,7 @@
 On x86 CPUs without VNNI (AVX2, AVX-512 without VNNI), ONNX Runtime's default
 u8 x s8 kernels add pairs of products in int16 and saturate, so an int8
 model's answers depend on the CPU. fer-edge opens every session with ORT's
-exact kernels for such CPUs (:func:`fer_edge.providers.session_options`).
+exact kernels on such CPUs, and only there (:func:`fer_edge.providers.session_options`).
 This measures, on this CPU and for one int8 file, what that choice gives and
 costs: val accuracy, top-1 agreement and largest logit difference between the
 two, and latency at batch 1 and 32, timed round-robin. On a CPU with VNNI (or
@@ -27,12 +27,10 @@ import numpy as np
 
 from export.evaluate import cpu_model, default_threads, load_labelled, make_session, run_session, score
 from fer_edge.atomic import atomic_write
+from fer_edge.providers import cpu_vnni_flags, exact_int8_matters
 
 from .latency import LatencyStats, TimingPlan, measure_interleaved
 from .runtimes import session_runtime
-
-#: /proc/cpuinfo flags of int8 dot-product instructions that add in int32 (no int16 step).
-VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
 @dataclass
@@ -46,15 +44,6 @@ class KernelRow:
     b32: LatencyStats
 
 
-def cpu_vnni_flags() -> list[str] | None:
-    """The VNNI-type flags this CPU reports; ``None`` where /proc/cpuinfo cannot be read."""
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text(encoding="utf-8").split())
-    except OSError:
-        return None
-    return [f for f in VNNI_FLAGS if f in flags]
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.int8_kernels", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -65,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     a = p.parse_args(argv)
     threads = a.threads or default_threads()
-    sessions = {"exact (fer-edge)": make_session(a.model, threads),
+    sessions = {"exact": make_session(a.model, threads, exact_int8=True),
                 "ORT default": make_session(a.model, threads, exact_int8=False)}
     runtimes = [session_runtime(s, a.model) for s in sessions.values()]
     info = runtimes[0].model_info
@@ -83,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     (ex, de) = logits.values()
     agree = float(np.mean(ex.argmax(1) == de.argmax(1)))
     diff = float(np.abs(ex - de).max())
-    vnni = cpu_vnni_flags() or []
+    vnni = list(cpu_vnni_flags() or ())
+    chosen = "exact" if exact_int8_matters(platform.machine(), cpu_vnni_flags()) else "ORT default"
     print(f"{a.model} on {cpu_model()} ({platform.machine()}; VNNI flags: {', '.join(vnni) or 'none'}), "
           f"{threads} threads, {len(val)} val images")
     print(f"{'kernels':<20}{'val acc':>9}{'macro-F1':>10}{'ms b1':>8}{'ms b32':>8}")
@@ -91,10 +81,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r.kernels:<20}{r.accuracy * 100:>8.2f}%{r.macro_f1:>10.3f}"
               f"{r.b1.median_ms:>8.3f}{r.b32.median_ms:>8.3f}")
     print(f"same top-1 on {agree * 100:.2f}% of images; largest logit difference {diff:.4f}; "
-          f"load average {os.getloadavg()[0]:.1f}")
+          f"load average {os.getloadavg()[0]:.1f}; fer-edge uses {chosen} kernels on this CPU")
     if a.json:
         doc = {"model": str(a.model), "cpu": cpu_model(), "machine": platform.machine(), "vnni_flags": vnni,
-               "threads": threads, "val_images": len(val), "top1_agreement": agree, "max_abs_logit_diff": diff,
+               "fer_edge_uses": chosen, "threads": threads, "val_images": len(val), "top1_agreement": agree,
+               "max_abs_logit_diff": diff,
                "loadavg": list(os.getloadavg()), "rows": [asdict(r) for r in rows]}
         with atomic_write(a.json) as f:
             f.write(json.dumps(doc, indent=2) + "\n")

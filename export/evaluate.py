@@ -165,14 +165,14 @@ def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def make_session(model: Path | bytes, threads: int = 0, exact_int8: bool = True):
+def make_session(model: Path | bytes, threads: int = 0, exact_int8: bool | None = None):
     """CPU ONNX Runtime session with ``threads`` intra-op threads (0 = all cores).
 
     Args:
         model: Path of an ONNX file or its serialized bytes.
         threads: Intra-op threads; inter-op is 1 (the graph is a single chain).
-        exact_int8: See :func:`fer_edge.providers.session_options` (the runtime's
-            choice, on unless a benchmark measures ORT's default int8 kernels).
+        exact_int8: See :func:`fer_edge.providers.session_options`: ``None``
+            is the runtime's choice; a benchmark forces one kind of int8 kernel.
 
     Raises:
         ModelError: ``model`` is a path that is missing or not a loadable ONNX

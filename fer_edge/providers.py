@@ -14,8 +14,10 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import platform
 from pathlib import Path
 from typing import Sequence, Union
 
@@ -218,8 +220,49 @@ def first_line(exc: BaseException) -> str:
 #: ONNX Runtime's session option for exact int8 arithmetic on x86 CPUs without VNNI.
 X64_QUANT_PRECISION = "session.x64quantprecision"
 
+#: /proc/cpuinfo flags of int8 dot-product instructions that add in int32 (no int16 step).
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
-def session_options(threads: int, exact_int8: bool = True) -> ort.SessionOptions:
+#: ``platform.machine()`` of x86 CPUs, lower case (Linux, Windows, macOS spellings).
+X86_MACHINES = ("x86_64", "amd64", "i386", "i686", "x86")
+
+
+@functools.cache
+def cpu_vnni_flags() -> tuple[str, ...] | None:
+    """The VNNI-type flags this CPU reports; ``None`` where /proc/cpuinfo cannot be read.
+
+    Example:
+        >>> flags = cpu_vnni_flags()
+        >>> flags is None or set(flags) <= set(VNNI_FLAGS)
+        True
+    """
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text(encoding="utf-8").split())
+    except OSError:
+        return None
+    return tuple(f for f in VNNI_FLAGS if f in flags)
+
+
+def exact_int8_matters(machine: str, vnni: tuple[str, ...] | None) -> bool:
+    """Whether ORT's exact int8 kernels can change answers on a CPU: x86 without VNNI.
+
+    An x86 CPU whose flags cannot be read (no /proc/cpuinfo: Windows, macOS)
+    counts as one without VNNI: exact answers first.
+
+    Args:
+        machine: ``platform.machine()``.
+        vnni: The CPU's VNNI flags (:func:`cpu_vnni_flags`); ``None``: unknown.
+
+    Example:
+        >>> exact_int8_matters("x86_64", ()), exact_int8_matters("x86_64", ("avx512_vnni",))
+        (True, False)
+        >>> exact_int8_matters("AMD64", None), exact_int8_matters("arm64", None)
+        (True, False)
+    """
+    return machine.lower() in X86_MACHINES and not vnni
+
+
+def session_options(threads: int, exact_int8: bool | None = None) -> ort.SessionOptions:
     """The ONNX Runtime session options of every fer-edge session.
 
     One place, so that the runtime, export's val figures, the benchmarks and
@@ -227,12 +270,13 @@ def session_options(threads: int, exact_int8: bool = True) -> ort.SessionOptions
 
     Args:
         threads: Intra-op threads; 0 lets ONNX Runtime decide.
-        exact_int8: Exact int8 kernels on x86 CPUs without VNNI (see below).
-            Only ``python -m benchmarks.int8_kernels`` turns it off, to
-            measure what it costs.
+        exact_int8: Exact int8 kernels (see below). ``None``: where they
+            matter, on x86 CPUs without VNNI (:func:`exact_int8_matters`);
+            ``True``/``False``: always/never (``python -m
+            benchmarks.int8_kernels`` compares the two).
 
     Example:
-        >>> session_options(2).get_session_config_entry(X64_QUANT_PRECISION)
+        >>> session_options(2, exact_int8=True).get_session_config_entry(X64_QUANT_PRECISION)
         '1'
     """
     opts = ort.SessionOptions()
@@ -245,12 +289,15 @@ def session_options(threads: int, exact_int8: bool = True) -> ort.SessionOptions
     # int16 and saturate: the 8-bit fast.onnx shipped until 2026-12-01 scored
     # 81.48% on val on an AMD EPYC (AVX2) against 81.95% on VNNI Xeons. This option
     # makes ORT use exact u8u8 kernels there instead (81.95% on that EPYC, the same
-    # as the browser page's WebAssembly). ORT applies it only to x86 CPUs without
-    # VNNI (its PR 12088) and only to layers whose weights use more than 7 bits, so
-    # today's fast.onnx (7-bit weights) keeps the fast kernels; float models have
-    # no int8 kernels to change. Measured cost for the 8-bit file on that EPYC:
-    # 1.5x the time per image at batch 32, 1.2x at batch 1, about the fp32 graph's
-    # speed (python -m benchmarks.int8_kernels; README, "int8 on x86 CPUs without VNNI").
+    # as the browser page's WebAssembly), for layers whose weights use more than
+    # 7 bits, so today's fast.onnx (7-bit weights) keeps the fast kernels; float
+    # models have no int8 kernels to change. Cost for the 8-bit file: 1.5x the
+    # time per image at batch 32 on that EPYC. The option is set only where it
+    # matters: on a VNNI Xeon (AMX too) it gives the same logits as ORT's default
+    # kernels but made the 8-bit file 2.8x slower at batch 32 (1.456 against
+    # 0.522 ms; python -m benchmarks.int8_kernels; README, "int8 on x86 CPUs without VNNI").
+    if exact_int8 is None:
+        exact_int8 = exact_int8_matters(platform.machine(), cpu_vnni_flags())
     if exact_int8:
         opts.add_session_config_entry(X64_QUANT_PRECISION, "1")
     return opts

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fer_edge.errors import ProviderError
-from fer_edge.providers import PREFERENCE, canonical_name, resolve_providers
+from fer_edge.providers import PREFERENCE, canonical_name, exact_int8_matters, resolve_providers
 
 ALL = ["AzureExecutionProvider", "CPUExecutionProvider", "CUDAExecutionProvider",
        "TensorrtExecutionProvider", "CoreMLExecutionProvider", "DmlExecutionProvider"]
@@ -100,3 +100,32 @@ def test_aliases():
     assert canonical_name(" TRT ") == "TensorrtExecutionProvider"
     assert canonical_name("dml") == "DmlExecutionProvider"
     assert canonical_name("SomethingElse") == "SomethingElse"
+
+
+@pytest.mark.parametrize("machine, vnni, exact", [
+    ("x86_64", (), True),                    # AVX2 / plain AVX-512: saturating u8s8 kernels
+    ("x86_64", None, True),                  # flags unknown: exact answers first
+    ("AMD64", None, True),                   # Windows' spelling
+    ("x86_64", ("avx512_vnni",), False),     # VNNI adds in int32 already
+    ("x86_64", ("avx_vnni", "amx_int8"), False),
+    ("aarch64", (), False), ("arm64", None, False),
+])
+def test_exact_int8_kernels_only_where_they_change_answers(machine, vnni, exact):
+    assert exact_int8_matters(machine, vnni) is exact
+
+
+def test_session_options_choose_exact_int8_kernels_by_cpu(monkeypatch):
+    import fer_edge.providers as providers
+
+    def entry(opts):  # ORT raises for a key that was never set
+        try:
+            return opts.get_session_config_entry(providers.X64_QUANT_PRECISION)
+        except Exception:
+            return None
+
+    monkeypatch.setattr(providers.platform, "machine", lambda: "x86_64")
+    for vnni, expected in (((), "1"), (("avx512_vnni",), None)):
+        monkeypatch.setattr(providers, "cpu_vnni_flags", lambda vnni=vnni: vnni)
+        assert entry(providers.session_options(1)) == expected
+    assert entry(providers.session_options(1, exact_int8=True)) == "1"  # forced, as benchmarks do
+    assert entry(providers.session_options(1, exact_int8=False)) is None

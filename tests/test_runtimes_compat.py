@@ -20,7 +20,6 @@ import numpy as np
 import onnx
 import pytest
 
-from benchmarks.int8_kernels import cpu_vnni_flags
 from benchmarks.runtimes_compat import (
     DEFAULT_DETECTOR,
     SAME_FACE_IOU,
@@ -53,6 +52,7 @@ from export.portable import main as portable_main
 from fer_edge.blazeface import BlazeFace
 from fer_edge.detector import FaceBox
 from fer_edge.metadata import METADATA_KEY, ModelInfo
+from fer_edge.providers import cpu_vnni_flags
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "fer_edge" / "models"
@@ -374,9 +374,10 @@ def test_int8_kernels_benchmark_measures_both_sessions(fer_data, tmp_path, capsy
     doc = json.loads(out.read_text())
     info = ModelInfo.from_props({p.key: p.value for p in onnx.load(str(fast)).metadata_props})
     exact, default = doc["rows"]
-    assert exact["kernels"] == "exact (fer-edge)" and default["kernels"] == "ORT default"
+    assert exact["kernels"] == "exact" and default["kernels"] == "ORT default"
+    assert doc["fer_edge_uses"] == ("ORT default" if doc["vnni_flags"] else "exact")
     assert exact["accuracy"] == pytest.approx(info.val_accuracy, abs=1e-9)  # the card's figure, on any CPU
-    assert doc["vnni_flags"] == (cpu_vnni_flags() or []) and doc["val_images"] == 2155
+    assert doc["vnni_flags"] == list(cpu_vnni_flags() or ()) and doc["val_images"] == 2155
     if doc["vnni_flags"]:  # the option changes nothing where the kernels are exact already
         assert doc["top1_agreement"] == 1.0 and default["accuracy"] == exact["accuracy"]
     assert all(r["b1"]["median_ms"] > 0 and r["b32"]["batch"] == 32 for r in doc["rows"])

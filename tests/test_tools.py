@@ -71,6 +71,52 @@ def test_soup_save_writes_an_average_that_export_loads(ckpt_factory, tmp_path, c
     assert loaded.classes == list(LABELS3) and loaded.val["accuracy"] == saved["val"]["accuracy"]
 
 
+def test_weighted_average_and_its_bad_weights():
+    import torch
+
+    from tools.average_models import average, mixes
+
+    a, b = {"w": torch.tensor([0.0, 4.0])}, {"w": torch.tensor([4.0, 0.0])}
+    assert torch.equal(average([a, b], [0.75, 0.25])["w"], torch.tensor([1.0, 3.0]))
+    assert torch.equal(average([a, b], [1.0, 0.0])["w"], a["w"])
+    with pytest.raises(ValueError, match="summing to 1"):
+        average([a, b], [0.5, 0.6])
+    assert mixes([0, 0.3]) == [(1, 0), (0.7, 0.3)]
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        mixes([1.5])
+
+
+def test_soup_mix_interpolates_two_checkpoints_and_saves_the_best(ckpt_factory, tmp_path, capsys):
+    import torch
+
+    from tests.constants import LABELS3
+    from tools.average_models import main
+
+    data = ckpt_factory.make_image_folder(tmp_path / "data", LABELS3)
+    a = ckpt_factory.make_checkpoint(tmp_path / "a.pt", LABELS3, seed=1)
+    b = ckpt_factory.make_checkpoint(tmp_path / "b.pt", LABELS3, seed=2)
+    out = tmp_path / "mix.pt"
+    main(["soup", "--mix", "0,0.25,1", "--no-tta", str(a), str(b), "--data", str(data), "--threads", "1",
+          "--save", str(out)])
+    printed = capsys.readouterr().out
+    assert printed.count("one pass") == 3 and "best mix:" in printed
+    saved = torch.load(out, weights_only=True)
+    first, second = saved["soup_weights"]
+    key = "classifier.1.weight"
+    wa, wb = (torch.load(p, weights_only=True)["model"][key] for p in (a, b))
+    assert first + second == pytest.approx(1) and saved["val"]["tta"] is False
+    assert torch.allclose(saved["model"][key], first * wa + second * wb)
+    with pytest.raises(SystemExit, match="exactly 2 checkpoints"):
+        main(["soup", "--mix", "0.5", str(a), "--data", str(data)])
+    with pytest.raises(SystemExit) as exc:
+        main(["soup", "--mix", "0.5", "--tail", str(a), str(b)])
+    assert exc.value.code == 2
+    for bad in ("half", "0.5,2"):
+        with pytest.raises(SystemExit):
+            main(["soup", "--mix", bad, str(a), str(b)])
+        assert bad in capsys.readouterr().err
+
+
 def test_views_scores_each_view_set_and_flip_matches_the_training_evaluation(ckpt_factory, tmp_path, capsys):
     from tests.constants import LABELS3
     from tools.average_models import checkpoint_logits, eval_weights, main

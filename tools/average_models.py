@@ -11,9 +11,13 @@ Answers "would averaging help?" before anything is exported:
   soup's accuracy does not fall. ``--tail``: stochastic weight averaging over
   the end of one run instead, n evaluations: the average of the last k
   checkpoints as given (oldest first; ``train --keep-epochs`` writes one per
-  epoch), for k = 1 .. n. Souping only makes sense for fine-tunes of
-  one start (one loss basin); the chosen subset is selected on val, like an
-  epoch.
+  epoch), for k = 1 .. n. ``--mix A,A,...``: two checkpoints, a start and
+  its fine-tune, interpolated: weights (1 - A) x the first + A x the second,
+  for each A (WiSE-FT, Wortsman et al. 2022: the fine-tune's gain on new data
+  with the start's accuracy on the old). ``--no-tta``: one pass per image
+  instead of flip TTA (models that ship without it). Souping only makes sense
+  for fine-tunes of one start (one loss basin); the chosen subset or weight is
+  selected on val, like an epoch.
 * ``ensemble``: the mean of the logits of checkpoints and/or exported ONNX
   files (each as it runs: a checkpoint with flip TTA, an ONNX file as its
   graph is), alone and together. Their labels must match, except that an
@@ -43,6 +47,7 @@ Usage::
     python tools/average_models.py soup runs/b0-96-7cls-e14/best.pt --size 112
     python tools/average_models.py soup --greedy runs/a/best.pt runs/b/best.pt runs/c/best.pt
     python tools/average_models.py soup --tail runs/a/epoch-00[6-9].pt runs/a/epoch-010.pt --save runs/a/swa.pt
+    python tools/average_models.py soup --mix 0.25,0.5,0.75 --no-tta runs/start.pt runs/ft/best.pt
     python tools/average_models.py ensemble runs/b0-128-from7e20-s3/best.pt fer_edge/models/default.onnx
     python tools/average_models.py ensemble fer_edge/models/default.onnx fer_edge/models/fer7.onnx --subsets
     python tools/average_models.py views runs/b0-96-7cls-det-ft/best.pt
@@ -86,22 +91,32 @@ def eval_weights(ckpt: dict) -> dict[str, torch.Tensor]:
     return ckpt["ema"] if ckpt.get("ema") is not None else ckpt["model"]
 
 
-def average(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Uniform average of floating-point tensors (in float64); integer buffers from the last.
+def average(states: list[dict[str, torch.Tensor]],
+            weights: list[float] | None = None) -> dict[str, torch.Tensor]:
+    """Average of floating-point tensors (in float64); integer buffers from the last.
+
+    Args:
+        states: State dicts with the same keys and shapes.
+        weights: One weight per state, summing to 1; ``None``: uniform.
 
     Example:
-        >>> average([{"w": torch.tensor([1.0]), "n": torch.tensor(3)},
-        ...          {"w": torch.tensor([2.0]), "n": torch.tensor(5)}])
+        >>> a, b = {"w": torch.tensor([1.0]), "n": torch.tensor(3)}, {"w": torch.tensor([2.0]), "n": torch.tensor(5)}
+        >>> average([a, b])
         {'w': tensor([1.5000]), 'n': tensor(5)}
+        >>> average([a, b], [0.75, 0.25])["w"]
+        tensor([1.2500])
     """
+    weights = weights or [1 / len(states)] * len(states)
+    if len(weights) != len(states) or abs(sum(weights) - 1) > 1e-9:
+        raise ValueError(f"average: {len(states)} states need as many weights summing to 1, got {weights}")
     out = {}
     for key in states[0]:
         values = [s[key] for s in states]
         if torch.is_floating_point(values[0]):
             total = torch.zeros_like(values[0], dtype=torch.float64)
-            for v in values:
-                total = total + v.double()
-            out[key] = (total / len(values)).to(values[0].dtype)
+            for v, w in zip(values, weights):
+                total = total + w * v.double()
+            out[key] = total.to(values[0].dtype)
         else:
             out[key] = values[-1]
     return out
@@ -140,12 +155,12 @@ def tails(n: int) -> list[tuple[int, ...]]:
 
 
 def soup_checkpoint(ckpts: list[dict], members: list[Path], state: dict[str, torch.Tensor],
-                    accuracy: float, n: int) -> dict:
+                    accuracy: float, n: int, tta: bool = True) -> dict:
     """An averaged set of weights as a checkpoint ``python -m export`` takes (best.pt's format)."""
     first = ckpts[0]
     meta = {k: first[k] for k in ("config", "classes", "preprocess") if k in first}
     return {**meta, "epoch": max(int(c.get("epoch") or 0) for c in ckpts) or None, "model": state,
-            "val": {"accuracy": accuracy, "n": n, "tta": True}, "soup": [str(m) for m in members]}
+            "val": {"accuracy": accuracy, "n": n, "tta": tta}, "soup": [str(m) for m in members]}
 
 
 def eval_model(cfg: TrainConfig, state: dict) -> torch.nn.Module:
@@ -155,13 +170,14 @@ def eval_model(cfg: TrainConfig, state: dict) -> torch.nn.Module:
     return model.to(memory_format=torch.channels_last).eval()
 
 
-def checkpoint_logits(cfg: TrainConfig, state: dict, data: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(val logits with flip TTA, labels) of one set of weights at input ``size``."""
+def checkpoint_logits(cfg: TrainConfig, state: dict, data: Path, size: int,
+                      tta: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(val logits, labels) of one set of weights at input ``size``, with flip TTA unless ``tta`` is off."""
     model = eval_model(cfg, state)
     val = load_split(data, "val", cfg.classes, size)
     spec = dataclasses.replace(spec_of(cfg), input_size=size)
     with torch.no_grad():
-        logits = predict_logits(model, normalize(val.images, spec), torch.device("cpu"), tta=True)
+        logits = predict_logits(model, normalize(val.images, spec), torch.device("cpu"), tta=tta)
     return logits, val.labels
 
 
@@ -222,25 +238,65 @@ def agreement(first: np.ndarray, other: np.ndarray) -> str:
             f"largest logit difference {float(np.abs(first - other).max()):.4f}")
 
 
+def mix_weights(text: str) -> list[float]:
+    """``--mix``'s value: comma-separated weights of the second checkpoint, each in [0, 1].
+
+    Example:
+        >>> mix_weights("0.25,0.5")
+        [0.25, 0.5]
+    """
+    try:
+        alphas = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: not a comma-separated list of numbers") from None
+    if any(not 0 <= a <= 1 for a in alphas):
+        raise argparse.ArgumentTypeError(f"{text!r}: every weight must be in [0, 1]")
+    return alphas
+
+
+def mixes(alphas: list[float]) -> list[tuple[float, float]]:
+    """Member weights ``(1 - a, a)`` of two checkpoints for each ``--mix`` value ``a``.
+
+    Example:
+        >>> mixes([0.25, 0.5])
+        [(0.75, 0.25), (0.5, 0.5)]
+    """
+    if not alphas or any(not 0 <= a <= 1 for a in alphas):
+        raise ValueError(f"--mix: every weight of the second checkpoint must be in [0, 1], got {alphas}")
+    return [(1 - a, a) for a in alphas]
+
+
 def cmd_soup(args: argparse.Namespace) -> None:
     ckpts = [checkpoint.load(p) for p in args.models]
     cfgs = [TrainConfig.from_dict(c["config"]) for c in ckpts]
     if len({(c.arch, tuple(c.classes), tuple(c.drop_blocks)) for c in cfgs}) != 1:
         raise SystemExit("soup: the checkpoints differ in architecture or classes; weights cannot be averaged")
+    if args.mix is not None and len(ckpts) != 2:
+        raise SystemExit(f"soup --mix: interpolates between exactly 2 checkpoints, got {len(ckpts)}")
     size = args.size or cfgs[0].input_size
     if args.save and size != cfgs[0].input_size:
         raise SystemExit("soup: --save keeps the trained input size; leave out --size")
+    views = "flip TTA" if args.tta else "one pass"
     n_val = 0
 
-    def score(subset: tuple[int, ...]) -> float:
-        nonlocal n_val
-        state = average([eval_weights(ckpts[i]) for i in subset])
-        logits, labels = checkpoint_logits(cfgs[0], state, args.data, size)
-        n_val = len(labels)
-        names = " + ".join(f"{args.models[i]} (epoch {ckpts[i].get('epoch')})" for i in subset)
-        return report(f"{names} at {size} px", logits, labels)
+    def state_of(subset: tuple[int, ...], weights: tuple[float, ...] | None = None) -> dict[str, torch.Tensor]:
+        return average([eval_weights(ckpts[i]) for i in subset], list(weights) if weights else None)
 
-    if args.greedy:
+    def score(subset: tuple[int, ...], weights: tuple[float, ...] | None = None) -> float:
+        nonlocal n_val
+        logits, labels = checkpoint_logits(cfgs[0], state_of(subset, weights), args.data, size, args.tta)
+        n_val = len(labels)
+        names = " + ".join(f"{w:g} x " * bool(weights) + f"{args.models[i]} (epoch {ckpts[i].get('epoch')})"
+                           for i, w in zip(subset, weights or [1.0] * len(subset)))
+        return report(f"{names} at {size} px, {views}", logits, labels)
+
+    weights: tuple[float, ...] | None = None
+    if args.mix is not None:
+        results_mix = {w: score((0, 1), w) for w in mixes(args.mix)}
+        weights = max(results_mix, key=lambda w: results_mix[w])
+        chosen, best = (0, 1), results_mix[weights]
+        print(f"best mix: {weights[1]:g} of {args.models[1]}: {best:.2%}")
+    elif args.greedy:
         alone = [score((i,)) for i in range(len(ckpts))]
         ranked = sorted(range(len(ckpts)), key=lambda i: -alone[i])
         chosen, best = greedy_soup(ranked, lambda s: alone[s[0]] if len(s) == 1 else score(s))
@@ -255,9 +311,11 @@ def cmd_soup(args: argparse.Namespace) -> None:
             print(f"best tail: the last {len(chosen)} of {len(ckpts)}: {best:.2%}")
     if args.save:
         members = [args.models[i] for i in chosen]
-        state = average([eval_weights(ckpts[i]) for i in chosen])
-        checkpoint.save_atomic(soup_checkpoint([ckpts[i] for i in chosen], members, state, best, n_val),
-                               args.save)
+        saved = soup_checkpoint([ckpts[i] for i in chosen], members, state_of(chosen, weights), best, n_val,
+                                args.tta)
+        if weights:
+            saved["soup_weights"] = list(weights)
+        checkpoint.save_atomic(saved, args.save)
         print(f"saved the average of {len(chosen)} ({best:.2%}) as {args.save}")
 
 
@@ -359,9 +417,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="ensemble: also every subset of 2 or more members, and the best of them")
     parser.add_argument("--tail", action="store_true",
                         help="soup: average the last k checkpoints as given (SWA), k = 1 .. n, not every subset")
+    parser.add_argument("--mix", type=mix_weights, default=None,
+                        metavar="A,A,...", help="soup: two checkpoints, weights (1 - A) and A, for each A "
+                        "(interpolation from a start to its fine-tune, as WiSE-FT)")
+    parser.add_argument("--no-tta", dest="tta", action="store_false",
+                        help="soup: evaluate one pass per image (as models exported without --tta run)")
     args = parser.parse_args(argv)
-    if args.greedy and args.tail:
-        parser.error("--greedy and --tail choose the averages two different ways; give one")
+    if sum(map(bool, (args.greedy, args.tail, args.mix is not None))) > 1:
+        parser.error("--greedy, --tail and --mix choose the averages different ways; give one")
     torch.set_num_threads(args.threads)
     {"soup": cmd_soup, "ensemble": cmd_ensemble, "views": cmd_views}[args.command](args)
 
