@@ -291,6 +291,7 @@ def cmd_soup(args: argparse.Namespace) -> None:
         return report(f"{names} at {size} px, {views}", logits, labels)
 
     weights: tuple[float, ...] | None = None
+    chosen: tuple[int, ...]
     if args.mix is not None:
         results_mix = {w: score((0, 1), w) for w in mixes(args.mix)}
         weights = max(results_mix, key=lambda w: results_mix[w])
