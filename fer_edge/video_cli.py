@@ -6,6 +6,9 @@ the command runs. Outputs reuse ``classify``'s: the same formats and writers
 
 Ending a run:
 
+* a source that cannot be opened: one error line naming it, exit status 1;
+  stdout still gets a whole document with no records (``[]`` in JSON, the
+  header in CSV and the table), and no ``-o`` file is written;
 * a file ends at its last frame (or ``--end``); a truncated or damaged file
   ends where decoding stopped, with one error line naming that frame, and
   exit status 1; everything before it is written, whole;
@@ -22,10 +25,10 @@ import logging
 import os
 import signal
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, TextIO
 
 import click
 
@@ -40,7 +43,7 @@ from .cli import (
     _result_stream,
 )
 from .files import display_path, printable
-from .output import OutputError, _put_in_place, atomic_output, check_output_path
+from .output import OutputError, Writer, _put_in_place, atomic_output, check_output_path
 from .results import FaceResult
 from .timeline import Timeline, TrackSummary, draw_timeline
 from .video import VideoAnalysis, VideoError, frame_rate_of, require_av
@@ -149,6 +152,9 @@ def run_video(source: str | None, camera: int | None, opts: VideoOptions, model:
                                      detect_every=opts.detect_every, all_frames=keep,
                                      keep_images=keep)
     except VideoError as exc:
+        if opts.output is None:  # stdout still gets a whole document (no -o file: nothing to keep)
+            with _result_stream(None, opts.force) as stream:
+                _write_empty(make_video_writer(opts.fmt, stream, clf.labels))
         click.echo(f"fer-edge: error: {printable(str(exc))}", err=True)
         return EXIT_FAILED
     except ValueError as exc:  # an option the file itself rules out (--start past its end)
@@ -170,24 +176,15 @@ def run_video(source: str | None, camera: int | None, opts: VideoOptions, model:
         with _result_stream(opts.output, opts.force) as stream:
             writer = make_video_writer(opts.fmt, stream, clf.labels)
             writer.begin()
-            with _live_stop(analysis) if info.live else _no_stop() as stopped_by:
-                last_faces: list[FaceResult] = []
-                try:
-                    for result in analysis:
-                        if result.analysed:
-                            for record in result.records(name):
-                                writer.write(record)
-                            for face in result.faces:
-                                summary.add(face.track, result.time_s, face.label)
-                                if timeline is not None:
-                                    timeline.add(face.track, result.time_s, face.probabilities)
-                            last_faces = list(result.faces)
-                            stream.flush()
-                        if annotated is not None and result.image is not None:
-                            # Frames between analysed ones keep the last boxes drawn.
-                            annotated.write(result.image, last_faces)
-                except VideoError as exc:
-                    failure = printable(str(exc))
+            try:
+                with _live_stop(analysis) if info.live else _no_stop() as stopped_by:
+                    failure = _write_frames(analysis, writer, stream, summary, timeline, annotated)
+            except BaseException:
+                # Whatever stopped the run (a model failure, Ctrl-C), the document on stdout
+                # stays whole, as in classify (a -o file is discarded by atomic_output).
+                with suppress(Exception):
+                    writer.end()
+                raise
             writer.end()
         _write_extras(opts, summary, timeline, name)
         if annotated is not None:
@@ -214,6 +211,41 @@ def run_video(source: str | None, camera: int | None, opts: VideoOptions, model:
         click.echo(f"fer-edge: error: {failure}", err=True)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _write_frames(analysis: VideoAnalysis, writer: Writer, stream: TextIO, summary: TrackSummary,
+                  timeline: Timeline | None, annotated: AnnotatedVideo | None) -> str | None:
+    """Write each analysed frame's records and add its faces to the summary, timeline and video.
+
+    Returns:
+        The error that stopped decoding early (a truncated or damaged file), or
+        ``None`` when the source ended (or was stopped) normally.
+    """
+    name = analysis.source.name
+    last_faces: list[FaceResult] = []
+    try:
+        for result in analysis:
+            if result.analysed:
+                for record in result.records(name):
+                    writer.write(record)
+                for face in result.faces:
+                    summary.add(face.track, result.time_s, face.label)
+                    if timeline is not None:
+                        timeline.add(face.track, result.time_s, face.probabilities)
+                last_faces = list(result.faces)
+                stream.flush()
+            if annotated is not None and result.image is not None:
+                # Frames between analysed ones keep the last boxes drawn.
+                annotated.write(result.image, last_faces)
+    except VideoError as exc:
+        return printable(str(exc))
+    return None
+
+
+def _write_empty(writer: Writer) -> None:
+    """A whole document with no records (``[]`` in JSON, the header in CSV and the table)."""
+    writer.begin()
+    writer.end()
 
 
 @contextmanager

@@ -29,7 +29,7 @@ av = pytest.importorskip("av", reason="video tests need PyAV: pip install '.[vid
 
 from fer_edge import Classifier  # noqa: E402  (after the skip: nothing to test without PyAV)
 from fer_edge.cli import cli  # noqa: E402
-from fer_edge.errors import DependencyError  # noqa: E402
+from fer_edge.errors import DependencyError, ModelError  # noqa: E402
 from fer_edge.video import TrackedFace, VideoError, VideoSource, require_av  # noqa: E402
 from fer_edge.video_cli import VideoOptions, _live_stop, check_usage  # noqa: E402
 from fer_edge.video_output import _Labelled  # noqa: E402
@@ -454,3 +454,42 @@ def test_cli_usage_errors(tmp_path, video):
 
 def test_video_error_is_a_fer_edge_error():
     assert VideoError("x", frame=3).frame == 3
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl", "csv", "table"])
+def test_cli_unopenable_source_still_prints_a_whole_empty_document(tmp_path, fmt):
+    fake = tmp_path / "notes.mp4"
+    fake.write_text("this is not a video\n" * 20)
+    for path in (fake, tmp_path / "missing.mp4"):
+        r = _run(str(path), "--format", fmt)
+        assert r.exit_code == 1, r.output
+        (error,) = [line for line in r.stderr.splitlines() if line.strip()]
+        assert error.startswith("fer-edge: error: ") and path.name in error
+        if fmt == "json":
+            assert json.loads(r.stdout) == []
+        elif fmt == "jsonl":
+            assert r.stdout == ""
+        elif fmt == "csv":
+            assert r.stdout.splitlines() == [r.stdout.splitlines()[0]]
+            assert r.stdout.startswith("path,frame,time_s,track,")
+        else:
+            assert r.stdout.split()[:3] == ["frame", "time_s", "track"]
+            assert len(r.stdout.splitlines()) == 1
+
+
+class _FailingDetector(_CountingDetector):
+    """The shipped detector until its third frame, then a model failure."""
+
+    def detect(self, image):
+        if len(self.frames) == 2:
+            raise ModelError("detector: the model stopped working")
+        return super().detect(image)
+
+
+def test_cli_failure_mid_video_leaves_stdout_a_whole_document(clf, video, monkeypatch):
+    failing = Classifier("fast", threads=1, detector=_FailingDetector(clf.detector))
+    monkeypatch.setattr("fer_edge.video_cli._load_classifier", lambda _model: failing)
+    r = _run(str(video), "--format", "json")
+    assert r.exit_code == 1 and "stopped working" in r.stderr
+    records = json.loads(r.stdout)  # closed, with the frames analysed before the failure
+    assert {rec["frame"] for rec in records} == {0, 1}
