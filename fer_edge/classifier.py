@@ -518,8 +518,8 @@ class Classifier:
 
         Raises:
             DependencyError: PyAV is not installed.
-            VideoError: The source cannot be opened (at once), or decoding
-                stopped early (while iterating, after the frames that decoded).
+            VideoError: The source cannot be opened or is a still image (at
+                once), or decoding stopped early (while iterating, after the frames that decoded).
         """
         from .video import VideoAnalysis  # lazy: PyAV is an optional extra
 

@@ -51,6 +51,9 @@ OPEN_TIMEOUT_S = 10.0
 #: (``detect_every``) carries boxes forward in between, which is faster but
 #: sees a new face up to N-1 analysed frames late.
 DETECT_EVERY = 1
+#: FFmpeg demuxers that read one picture as a one-frame video (besides the
+#: ``*_pipe`` image demuxers): a photo given as a video.
+STILL_IMAGE_DEMUXERS = ("image2", "image2pipe")
 #: Decoded frames waiting for inference (files); a few smooth out decode
 #: bursts (key frames) without holding much memory (640x480 RGB: 0.9 MB each).
 FILE_QUEUE = 4
@@ -291,7 +294,25 @@ def _open(av: ModuleType, source: VideoSource) -> Any:
     if not container.streams.video:
         container.close()
         raise VideoError(f"{source.name}: not a video (no video stream)")
+    if _is_still_image(container):
+        container.close()
+        raise VideoError(f"{source.name}: a still image, not a video: use fer-edge classify "
+                         "(Classifier.analyze) for photos")
     return container
+
+
+def _is_still_image(container: Any) -> bool:
+    """Whether FFmpeg opened a single picture (a photo) rather than a video.
+
+    FFmpeg reads a photo as a one-frame video through an image demuxer:
+    ``image2`` (chosen by the suffix) or one of the ``*_pipe`` ones (chosen by
+    the content: ``png_pipe``, ``jpeg_pipe``, ``tiff_pipe``...). A GIF is a
+    still image when its container holds one frame; an animated one is a video.
+    """
+    names = str(container.format.name).split(",")
+    if any(name in STILL_IMAGE_DEMUXERS or name.endswith("_pipe") for name in names):
+        return True
+    return "gif" in names and container.streams.video[0].frames == 1
 
 
 def _reason(av: ModuleType, exc: BaseException, source: VideoSource) -> str:

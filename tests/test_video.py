@@ -493,3 +493,28 @@ def test_cli_failure_mid_video_leaves_stdout_a_whole_document(clf, video, monkey
     assert r.exit_code == 1 and "stopped working" in r.stderr
     records = json.loads(r.stdout)  # closed, with the frames analysed before the failure
     assert {rec["frame"] for rec in records} == {0, 1}
+
+
+def test_a_still_image_is_not_a_video(tmp_path, clf):
+    photo = _frames(1)[0]
+    stills = []
+    for name in ("photo.jpg", "photo.png", "photo.bmp", "photo.tiff", "photo.webp", "photo.gif"):
+        photo.save(tmp_path / name)
+        stills.append(tmp_path / name)
+    # Image sequences FFmpeg reads as one frame, under a video's name too.
+    photo.save(tmp_path / "photo-really.mp4", format="PNG")
+    stills.append(tmp_path / "photo-really.mp4")
+    for path in stills:
+        with pytest.raises(VideoError, match="still image") as info:
+            clf.analyze_video(path)
+        assert path.name in str(info.value) and "fer-edge classify" in str(info.value)
+        r = _run(str(path), "--format", "json")
+        assert r.exit_code == 1, (path, r.output)
+        (error,) = [line for line in r.stderr.splitlines() if line.strip()]
+        assert path.name in error and "still image" in error
+        assert json.loads(r.stdout) == []
+    # An animated GIF is a video of its frames.
+    frames = _frames(3)
+    frames[0].save(tmp_path / "moving.gif", save_all=True, append_images=frames[1:], duration=100)
+    with clf.analyze_video(tmp_path / "moving.gif") as analysis:
+        assert len(list(analysis)) == 3
