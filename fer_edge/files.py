@@ -10,7 +10,8 @@ Rules (also in the README and ``fer-edge classify --help``):
   e.g. macOS ``._IMG.jpg`` resource forks) and the copies ``--annotate``
   writes (``<name>.annotated.png``, see :func:`is_annotated_copy`) are
   skipped and counted, not reported as failures.
-* A path that does not exist is one failure, worded for what was named:
+* A path that does not exist is one failure (once, however often it is
+  named), worded for what was named:
   ``no such folder`` (given with a trailing ``/``), ``no such file`` (it has
   an extension) or ``no such file or folder``.
 * Symbolic links are followed, but a folder already visited (a symlink loop,
@@ -235,7 +236,8 @@ def find_images(paths: Sequence[PathArg]) -> Scan:
         paths: Files and folders, as given on the command line.
 
     Returns:
-        A :class:`Scan`; each file appears once, however often it was reached.
+        A :class:`Scan`; each file, and each failing path, appears once,
+        however often it was reached.
 
     Example:
         >>> [(str(p), why) for p, why in find_images(["missing.jpg", "gone/"]).failures]
@@ -256,4 +258,16 @@ def find_images(paths: Sequence[PathArg]) -> Scan:
             # by the loader with its reason.
             scan.files.append(path)
     scan.files = list(dict.fromkeys(scan.files))
+    scan.failures = _first_per_path(scan.failures)
     return scan
+
+
+def _first_per_path(failures: list[tuple[Path, str]]) -> list[tuple[Path, str]]:
+    """One failure per path (the first), in order: a path named twice is reported once.
+
+    ``gone/`` and ``gone`` are one path; the first mention's words are kept.
+    """
+    first: dict[Path, str] = {}
+    for path, reason in failures:
+        first.setdefault(path, reason)
+    return list(first.items())

@@ -381,6 +381,10 @@ def test_a_missing_path_is_reported_once_in_fitting_words(tmp_path, monkeypatch,
                                      "fer-edge: error: gone.jpg: no such file"]
     assert json.loads(r.stdout) == [{"path": "gone", "error": "gone: no such folder"},
                                     {"path": "gone.jpg", "error": "gone.jpg: no such file"}]
+    r = invoke("classify", "gone.jpg", "gone.jpg", "--format", "json", model=model_path)
+    assert r.exit_code == 1  # the same path twice: one report
+    assert r.stderr.splitlines() == ["fer-edge: error: gone.jpg: no such file"]
+    assert json.loads(r.stdout) == [{"path": "gone.jpg", "error": "gone.jpg: no such file"}]
 
 
 def _run_on_a_terminal(args: list[str], cwd: Path) -> str:

@@ -44,6 +44,14 @@ def test_explicit_files_are_kept_whatever_their_extension(tmp_path):
     assert scan.failures == [(tmp_path / "missing.png", "no such file")]
 
 
+def test_a_failing_path_given_twice_is_one_failure(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    scan = find_images(["gone.jpg", "gone/", "./gone.jpg", "gone", tmp_path / "gone.jpg"])
+    # One report per distinct path, in the words of its first mention ("gone/" and "gone" are one).
+    assert scan.failures == [(Path("gone.jpg"), "no such file"), (Path("gone"), "no such folder"),
+                             (tmp_path / "gone.jpg", "no such file")]
+
+
 @pytest.mark.parametrize(("typed", "reason"), [
     ("gone/", "no such folder"),
     ("gone.jpg", "no such file"),
