@@ -411,21 +411,40 @@ def _scaled_to_u8(arr: np.ndarray, factor: float) -> np.ndarray:
     return out
 
 
+#: The largest value of Pillow's 32-bit integer mode "I".
+_INT32_MAX = 2**31 - 1
+
+
+def _white_level(mode: str, arr: np.ndarray) -> float:
+    """The value that becomes white (255) when a 16-bit, 32-bit or float image is made 8-bit.
+
+    The smallest usual range that holds the image's largest value: 16-bit
+    modes 65535; mode "I" (8-bit, a 16-bit PNG read as "I", or a 32-bit
+    integer TIFF) 255, 65535 or 2**31 - 1; mode "F" 1.0, 255 or 65535.
+    """
+    if mode.startswith("I;16"):
+        return 65535.0
+    top = float(arr.max()) if arr.size else 0.0
+    if mode == "F" and top <= 1.0:
+        return 1.0
+    if top <= 255:
+        return 255.0
+    return 65535.0 if top <= 65535 or mode == "F" else float(_INT32_MAX)
+
+
 def to_gray(img: Image.Image) -> Image.Image:
     """Convert any Pillow mode to 8-bit luma ("L").
 
-    16-bit and float modes are scaled to 8 bits rather than clipped; alpha is
-    dropped (the colour under it is kept); CMYK, palette and LAB go via RGB.
+    16-bit, 32-bit integer and float modes are scaled to 8 bits rather than
+    clipped (see :func:`_white_level`); alpha is dropped (the colour under it
+    is kept); CMYK, palette and LAB go via RGB.
     """
     mode = img.mode
     if mode == "L":
         return img
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(img)
-        hi = 65535.0 if mode.startswith("I;16") or (arr.size and arr.max() > 255) else 255.0
-        if mode == "F" and arr.size and arr.max() <= 1.0:
-            hi = 1.0
-        return Image.fromarray(_scaled_to_u8(arr, 255.0 / hi), mode="L")
+        return Image.fromarray(_scaled_to_u8(arr, 255.0 / _white_level(mode, arr)), mode="L")
     if mode in ("1", "LA", "La"):
         return img.convert("L")
     if mode == "P" or mode == "PA":

@@ -56,6 +56,24 @@ def test_every_mode_becomes_the_same_grey(mode):
     assert np.asarray(gray).tolist() == np.full((4, 6), 100).tolist()
 
 
+@pytest.mark.parametrize(("top", "saved_as"), [(65535, "png"), (65535, None), (2**31 - 1, "tiff")])
+def test_a_32_bit_integer_image_is_scaled_to_8_bits_not_clipped(tmp_path, top, saved_as):
+    # A ramp over the range: 16-bit (a 16-bit PNG read as "I") or 32-bit (an integer TIFF).
+    levels = np.arange(256, dtype=np.int64)
+    ramp = (levels * top // 255).reshape(16, 16)
+    if saved_as == "png":
+        Image.fromarray(ramp.astype(np.uint16)).save(tmp_path / "ramp.png")
+        img = Image.open(tmp_path / "ramp.png").convert("I")
+    else:
+        img = Image.frombytes("I", (16, 16), ramp.astype("=i4").tobytes())
+        if saved_as == "tiff":
+            img.save(tmp_path / "ramp.tif")
+            img = Image.open(tmp_path / "ramp.tif")
+    assert img.mode == "I" and np.asarray(img).max() == top
+    gray = np.asarray(to_gray(img)).astype(int)
+    assert np.abs(gray - levels.reshape(16, 16)).max() <= 1  # the whole contrast, in order
+
+
 def test_bilevel_image_is_black_and_white():
     assert set(np.asarray(to_gray(_uniform("1"))).ravel()) == {255}
 
